@@ -1,0 +1,83 @@
+"""Scoped, exception-safe changes to a model: every one is undone on exit, even on error."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .selection import canonical_name, unwrap
+
+
+def _owners(model: nn.Module) -> dict[str, tuple[nn.Module, str, str]]:
+    """Canonical name -> (owning module, attribute, "param" | "buffer") for every tensor."""
+    table: dict[str, tuple[nn.Module, str, str]] = {}
+    for mod_name, module in unwrap(model).named_modules(remove_duplicate=False):
+        prefix = f"{mod_name}." if mod_name else ""
+        for attr, p in module._parameters.items():
+            if p is not None:
+                table.setdefault(canonical_name(prefix + attr), (module, attr, "param"))
+        for attr, b in module._buffers.items():
+            if b is not None:
+                table.setdefault(canonical_name(prefix + attr), (module, attr, "buffer"))
+    return table
+
+
+@contextlib.contextmanager
+def substituted(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Run the model with some parameters/buffers replaced by other tensors, by canonical name.
+
+    Nothing is written into the model's own tensors; the originals are put back on exit. Under a
+    parametrization the ``original`` is replaced (so a user's applied mask still multiplies).
+    """
+    table = _owners(model)
+    saved: list[tuple[dict, str, object]] = []
+    try:
+        for name, tensor in tensors.items():
+            try:
+                module, attr, kind = table[name]
+            except KeyError:
+                raise KeyError(f"the model has no parameter or buffer named {name!r}") from None
+            store = module._parameters if kind == "param" else module._buffers
+            saved.append((store, attr, store[attr]))
+            store[attr] = tensor
+        yield
+    finally:
+        for store, attr, original in reversed(saved):
+            store[attr] = original
+
+
+@contextlib.contextmanager
+def frozen_state(model: nn.Module, *, training: bool | None = None) -> Iterator[None]:
+    """Restore every module's ``training`` flag and every parameter's ``requires_grad`` on exit.
+
+    ``training=False`` puts the whole model in eval mode inside the block, ``True`` in train mode.
+    """
+    modules = list(model.modules())
+    flags = [m.training for m in modules]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if training is not None:
+            model.train(training)
+        yield
+    finally:
+        for m, flag in zip(modules, flags, strict=True):
+            m.training = flag
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+def scratch_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Clones of every buffer (BN running statistics, counters), to substitute while a train-mode
+    pass would otherwise update the model's own statistics."""
+    return {canonical_name(n): b.clone() for n, b in unwrap(model).named_buffers()}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

@@ -1,0 +1,176 @@
+"""The entry points: ``score`` and ``prune`` (CONTRACTS.md section 1)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__, threshold
+from ._scoped import frozen_state, model_device
+from .batches import Batches
+from .criteria import CRITERIA, Context, Criterion, make_options, non_default_options
+from .masks import Mask, state_hash
+from .seeding import generator
+from .selection import canonical_name, prunable_parameters, unwrap
+
+log = logging.getLogger("pxprune")
+
+ProgressFn = Callable[[int, int, Mask], None]
+
+
+def list_criteria() -> list[str]:
+    """The registered criterion names."""
+    return CRITERIA.names()
+
+
+def _setup(
+    model: nn.Module, criterion: str, batches: Iterable | None, *, include, exclude, seed: int,
+    options: Mapping[str, Any],
+) -> tuple[Criterion, Context]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(criterion, str):
+        raise TypeError(f"criterion must be a registered name (str), got {type(criterion).__name__}")
+    cls = CRITERIA.get(criterion)
+    options = dict(options)
+    input_size = options.get("input_size")
+    opts = make_options(cls, options)
+    plain = unwrap(model)
+    params = prunable_parameters(plain, include, exclude)
+    all_weights = prunable_parameters(plain)
+    device = model_device(plain)
+    data = None
+    if batches is not None and (cls.uses_data or input_size is None):
+        data = Batches(batches, device=device, micro_batch=getattr(opts, "micro_batch", 64),
+                       need_targets=cls.needs_targets, criterion=criterion)
+    elif cls.uses_data:
+        data = Batches(None, device=device, criterion=criterion)  # raises a TypeError
+    ctx = Context(
+        model=plain, params=params, all_weights=all_weights, batches=data, seed=seed,
+        generator=generator(seed, "criterion", device="cpu"), device=device,
+        input_size=tuple(input_size) if input_size is not None else None,
+    )
+    crit = cls(opts)
+    return crit, ctx
+
+
+def _normalise(raw: Mapping[str, torch.Tensor], names: Iterable[str], criterion: str) -> dict[str, torch.Tensor]:
+    out = {}
+    top = 0.0
+    for n in names:
+        t = raw[n].detach()
+        if not torch.isfinite(t).all():
+            raise FloatingPointError(f"criterion {criterion!r} produced non-finite scores in {n!r}")
+        top = max(top, float(t.abs().max())) if t.numel() else top
+    for n in names:
+        t = raw[n].detach().to(torch.float64)
+        out[n] = (t / top if top > 0 else t).to(torch.float32)
+    return out
+
+
+def _mask_dict(mask: Mapping[str, torch.Tensor] | None, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    given = {canonical_name(k): v for k, v in (mask or {}).items()}
+    unknown = set(given) - set(params)
+    if unknown:
+        raise ValueError(f"the mask does not fit the model: unknown parameter {sorted(unknown)[0]!r}")
+    for n, p in params.items():
+        if n in given:
+            m = given[n]
+            if tuple(m.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"the mask does not fit the model: {n!r} has shape {tuple(m.shape)} in the "
+                    f"mask and {tuple(p.shape)} in the model"
+                )
+            out[n] = m.to(device=p.device, dtype=torch.bool)
+        else:
+            out[n] = torch.ones_like(p, dtype=torch.bool)
+    return out
+
+
+def score(
+    model: nn.Module,
+    criterion: str,
+    batches: Iterable | None = None,
+    /,
+    *,
+    mask: Mapping[str, torch.Tensor] | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> dict[str, torch.Tensor]:
+    """Scores of every prunable weight under ``criterion`` ("higher keeps"): float32 tensors of each
+    parameter's shape, divided by the largest absolute score. The model is left bit-identical."""
+    crit, ctx = _setup(model, criterion, batches, include=None, exclude=None, seed=seed,
+                       options=options)
+    current = _mask_dict(mask, ctx.params)
+    with frozen_state(ctx.model):
+        crit.setup(ctx)
+        raw = crit.score(ctx, current)
+    return _normalise(raw, ctx.params, criterion)
+
+
+def prune(
+    model: nn.Module,
+    criterion: str,
+    batches: Iterable | None = None,
+    /,
+    *,
+    sparsity: float | None = None,
+    density: float | None = None,
+    rounds: int | None = None,
+    scope: str = "global",
+    include: Iterable[str] | str | None = None,
+    exclude: Iterable[str] | str | None = None,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    **options: Any,
+) -> Mask:
+    """Prune ``model`` at initialisation: returns a :class:`Mask`; the model is never modified.
+
+    ``rounds=None`` means the criterion's own default (PX and SynFlow: 100, SNIP/GraSP: 1). Round t
+    of T prunes towards density ``d ** (t / T)`` (exponential schedule); counting, ties and scope
+    follow ``pxprune.threshold``.
+    """
+    s = threshold.resolve_sparsity(sparsity, density)
+    threshold.check_scope(scope)
+    crit, ctx = _setup(model, criterion, batches, include=include, exclude=exclude, seed=seed,
+                       options=options)
+    rounds = threshold.check_rounds(crit.default_rounds if rounds is None else rounds)
+    current = {n: torch.ones_like(p, dtype=torch.bool) for n, p in ctx.params.items()}
+    goals = threshold.targets(current, s, rounds, scope)
+    theta0 = state_hash(ctx.model)
+    start = time.perf_counter()
+    with frozen_state(ctx.model):
+        crit.setup(ctx)
+        for t, goal in enumerate(goals, start=1):
+            scores = crit.score(ctx, current)
+            current = threshold.prune_step(scores, current, goal, scope=scope)
+            if progress is not None:
+                progress(t, rounds, Mask(current))
+    seconds = time.perf_counter() - start
+    input_size = ctx.input_size
+    if input_size is None and ctx.batches is not None and ctx.batches.sample_shape is not None:
+        input_size = ctx.batches.sample_shape
+    meta = {
+        "criterion": criterion,
+        "options": non_default_options(crit.options),
+        "sparsity": s,
+        "rounds": rounds,
+        "scope": scope,
+        "seed": seed,
+        "split_hash": ctx.batches.digest if ctx.batches is not None else None,
+        "theta0_hash": theta0,
+        "input_size": list(input_size) if input_size is not None else None,
+        "prune_seconds": seconds,
+        "versions": {"pxprune": __version__, "torch": torch.__version__},
+    }
+    mask = Mask(current, metadata=meta)
+    empty = mask.empty_layers()
+    if empty:
+        log.warning("%s left %d layer(s) empty: %s", criterion, len(empty), ", ".join(empty))
+    return mask

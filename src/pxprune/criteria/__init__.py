@@ -1,0 +1,20 @@
+"""Registered pruning criteria. Importing this package registers every built-in criterion."""
+
+from .base import (
+    CRITERIA,
+    Context,
+    Criterion,
+    DataOptions,
+    InputSizeOptions,
+    NoOptions,
+    make_options,
+    non_default_options,
+    option_names,
+    register_criterion,
+)
+from . import px  # noqa: E402,F401  (registers "px")
+
+__all__ = [
+    "CRITERIA", "Context", "Criterion", "DataOptions", "InputSizeOptions", "NoOptions",
+    "make_options", "non_default_options", "option_names", "register_criterion",
+]

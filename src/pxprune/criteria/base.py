@@ -1,0 +1,137 @@
+"""The criterion contract: a criterion only *scores* ("higher keeps"); thresholding, schedules and
+scope live in ``pxprune.threshold``. Each criterion is a class registered by name, with a frozen
+``Options`` dataclass of its documented options and its paper's number of rounds."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..batches import Batches
+from ..registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """A criterion without options."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """Options shared by every criterion that reads ``batches``."""
+
+    micro_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int) or (
+            self.micro_batch < 1
+        ):
+            raise ValueError(f"micro_batch must be a positive integer, got {self.micro_batch!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSizeOptions:
+    """Options of data-free criteria: the input shape when no ``batches`` are given."""
+
+    input_size: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_size is not None:
+            size = tuple(self.input_size)
+            if not size or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+                raise ValueError(f"input_size must be a tuple of positive ints like (3, 32, 32), got {self.input_size!r}")
+            object.__setattr__(self, "input_size", size)
+
+
+@dataclasses.dataclass
+class Context:
+    """What a criterion may read while scoring. ``params`` are the scored (prunable, not excluded)
+    weight leaves by canonical name; ``all_weights`` every prunable-type weight (excluded ones too,
+    which path criteria still treat as path layers)."""
+
+    model: nn.Module
+    params: dict[str, torch.Tensor]
+    all_weights: dict[str, torch.Tensor]
+    batches: Batches | None
+    seed: int
+    generator: torch.Generator
+    device: torch.device
+    input_size: tuple[int, ...] | None = None
+
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one input: from ``input_size`` or the first batch."""
+        if self.input_size is not None:
+            return self.input_size
+        if self.batches is None:
+            raise TypeError(
+                "this criterion needs the input shape: pass batches or input_size=(C, H, W)"
+            )
+        return self.batches.first_shape()
+
+    def masked(self, mask: Mapping[str, torch.Tensor], *, grad: bool = False) -> dict[str, torch.Tensor]:
+        """theta * M for every scored weight (leaves requiring grad when ``grad``)."""
+        out = {}
+        for n, p in self.params.items():
+            w = p.detach() * mask[n].to(p.dtype)
+            out[n] = w.requires_grad_(grad)
+        return out
+
+
+class Criterion:
+    """Base class. Subclasses set ``name``, ``Options``, ``default_rounds``, ``uses_data``,
+    ``needs_targets`` and implement ``score``; ``setup`` runs once per ``prune``/``score`` call."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    default_rounds: ClassVar[int] = 1
+    uses_data: ClassVar[bool] = False
+    needs_targets: ClassVar[bool] = False
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def setup(self, ctx: Context) -> None:
+        """Per-call preparation (shapes, classifier detection, ...)."""
+
+    def score(self, ctx: Context, mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+CRITERIA: Registry[type[Criterion]] = Registry("criterion")
+
+
+def register_criterion(cls: type[Criterion]) -> type[Criterion]:
+    CRITERIA.add(cls.name, cls)
+    return cls
+
+
+def option_names(cls: type[Criterion]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls.Options)]
+
+
+def make_options(cls: type[Criterion], options: Mapping[str, Any]) -> Any:
+    """Build the criterion's Options; an unknown option is a TypeError listing the valid ones."""
+    valid = option_names(cls)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        listed = ", ".join(valid) if valid else "none"
+        raise TypeError(
+            f"criterion {cls.name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {listed}"
+        )
+    return cls.Options(**options)
+
+
+def non_default_options(options: Any) -> dict[str, Any]:
+    """The options that differ from their defaults (for folder names and metadata)."""
+    out = {}
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if value != default:
+            out[f.name] = value
+    return out

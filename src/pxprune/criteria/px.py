@@ -1,0 +1,262 @@
+"""Path eXclusion (PX): Iurada, Ciccone, Tommasi, "Finding Lottery Tickets in Vision Models via
+Data-driven Spectral Foresight Pruning", CVPR 2024 (arXiv 2406.01820). What is computed is specified
+in the project's design note PX.md; this docstring summarises it.
+
+For a bias-free ReLU network every output is a sum over input-to-output paths p,
+``f_k(x) = sum_p v_p(theta) a_p(x) x_s(p)``. Two path copies of the network give
+
+- ``z1[n, k]`` (data copy, no gradient): every prunable weight replaced by its mask value, input
+  ``x * x``, every activation multiplied by the square of the gate the *real* network had on that
+  same input (ReLU/LeakyReLU/hardtanh derivative; max-pool gathers the recorded argmax);
+- ``z2[k]`` (weight copy, one all-ones sample): weights ``M * theta**2``, activations removed,
+  max-pool summed over its window;
+
+and ``R = sum_{n,k} z1[n,k] z2[k]``. The score of prunable weight j is
+``S_j = theta_j**2 * dR/d(theta_j**2) = sum_{n,k} z1[n,k] sum_{p in P_k, p contains j} v_p**2 >= 0``,
+its share of the path bound on the NTK trace (``sum_j dR/d(theta_j**2)`` is the row-wise bound).
+
+Choices (PX.md section 3): BatchNorm is a per-channel linear map (``bn="eval"``: scale 1 in the data
+copy, ``(gamma/sqrt(var+eps))**2`` in the weight copy, shifts 0), chosen by module type; biases are 0;
+fixed linear maps with coefficient c (average pooling, ``mean``) contribute 1 in the data copy and
+c**2 in the weight copy; bilinear interpolation is left as it is (an approximation). ReLU6/hardtanh
+gates also close saturated paths, so there the path identity is approximate. Each copy carries exact
+power-of-two exponents per tensor (``pxprune.paths``), so no model overflows in float32.
+
+What the default implies, and the docs must say: with ``classifier="path"`` the classifier's data-copy
+weights are all ones in the first round, so every output k receives the same z1 and the first-round
+ranking *equals* the data-free L2 path-norm score (``synflow_l2``) exactly; the data only enter later
+rounds, through the masks. More generally the data enter only through ``Z1[k] = sum_n z1[n,k]``
+(K numbers): two splits with equal Z1 give identical scores. ``pxprune.masks.overlap`` against a
+``synflow_l2`` mask measures how data-driven a PX mask really is.
+
+Options:
+    classifier: "path" (default, the paper's description) or "signed" (approximates the reference
+        code: the classifier, found as the prunable module executed last or by ``classifier_name``,
+        keeps its real signed weights and its bias in both copies; scores ``|theta^2 dR/d(theta^2)|``
+        for the others and ``|dR/dW| W^2`` for the classifier).
+    classifier_name: the classifier module's name as in ``named_modules()`` (only with "signed").
+    bn: "eval" (default) or "train" (approximates the reference code: BatchNorm uses its real gamma,
+        beta and each copy's own batch statistics; degenerate, with a warning; exempt from the
+        exactness guarantee; the weight copy gets two identical all-ones samples, running statistics
+        are never touched, and unlike the reference, BNs are chosen by type, not by name).
+    micro_batch: split the user's batches into chunks of at most this many samples (default 64).
+    dtype: "float32" (default) or "float64" for the copies (the exactness reference).
+
+Data: the pruning split (10 images per class in the paper), targets unused. Mode: every module in
+eval mode. Cost per round: two forward passes over the split (real network for the gates, data copy)
+plus one forward/backward of one sample; no model copies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Mapping
+
+import torch
+
+from .._scoped import substituted
+from ..paths import REAL, CopySpec, PathMode, WarnOnce, output_tensor
+from ..selection import canonical_name, prunable_modules
+from .base import Context, Criterion, register_criterion
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class PXDegenerateWarning(UserWarning):
+    """bn="train" reproduces the reference code's degenerate weight copy."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PXOptions:
+    classifier: str = "path"
+    classifier_name: str | None = None
+    bn: str = "eval"
+    micro_batch: int = 64
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.classifier not in ("path", "signed"):
+            raise ValueError(f"px: classifier must be 'path' or 'signed', got {self.classifier!r}")
+        if self.bn not in ("eval", "train"):
+            raise ValueError(f"px: bn must be 'eval' or 'train', got {self.bn!r}")
+        if self.classifier_name is not None and self.classifier != "signed":
+            raise ValueError("px: classifier_name= only applies with classifier='signed'")
+        if isinstance(self.dtype, torch.dtype):
+            names = {v: k for k, v in _DTYPES.items()}
+            if self.dtype not in names:
+                raise ValueError(f"px: dtype must be float32 or float64, got {self.dtype}")
+            object.__setattr__(self, "dtype", names[self.dtype])
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"px: dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int) or (
+            self.micro_batch < 1
+        ):
+            raise ValueError(f"micro_batch must be a positive integer, got {self.micro_batch!r}")
+
+
+def reject_compiled(model: torch.nn.Module, name: str) -> None:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(f"{name} cannot score a scripted model: pass the plain nn.Module")
+    if hasattr(model, "_orig_mod"):
+        raise TypeError(
+            f"{name} cannot score a torch.compile'd model: pass model._orig_mod (the plain module)"
+        )
+
+
+def _classifier_from_order(order: list[str], candidates: Mapping[str, torch.Tensor]) -> str:
+    for name in reversed(order):
+        if name in candidates:
+            return name
+    raise ValueError("no prunable module ran in the forward pass; cannot find the classifier")
+
+
+@register_criterion
+class PX(Criterion):
+    __doc__ = __doc__
+    name = "px"
+    Options = PXOptions
+    default_rounds = 100
+    uses_data = True
+
+    def setup(self, ctx: Context) -> None:
+        opts: PXOptions = self.options
+        reject_compiled(ctx.model, "px")
+        ctx.model.eval()  # every pass in eval mode; the caller's flags are restored by the API
+        self.dtype = _DTYPES[opts.dtype]
+        self.warn = WarnOnce("px")
+        model = ctx.model
+        # a cast copy of every floating tensor only when the copies run in another dtype
+        self.base: dict[str, torch.Tensor] = {}
+        for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if t.is_floating_point() and t.dtype != self.dtype:
+                self.base[canonical_name(n)] = t.detach().to(self.dtype)
+        self.weights = {n: w.detach().to(self.dtype) for n, w in ctx.all_weights.items()}
+        self.ids: dict[int, str] = {}
+        shape = ctx.batches.first_shape()
+        self.shape = shape
+        probe = next(iter(ctx.batches))[0][:1].to(self.dtype)
+        real = {n: w for n, w in self.weights.items()}
+        self.ids = {id(t): n for n, t in real.items()}
+        try:
+            with torch.no_grad(), substituted(model, {**self.base, **real}), PathMode(
+                CopySpec(), weight_names=self.ids
+            ) as mode:
+                model(probe)
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise ValueError(
+                f"inputs of shape {tuple(probe.shape[1:])} do not fit the model ({err}); pass "
+                "batches whose inputs the model accepts, e.g. (N, 3, 32, 32) for CIFAR models"
+            ) from None
+        self.classifier: str | None = None
+        if opts.classifier == "signed":
+            if opts.classifier_name is not None:
+                wname = canonical_name(opts.classifier_name) + ".weight"
+                if wname not in prunable_modules(model):
+                    raise ValueError(
+                        f"px: classifier_name {opts.classifier_name!r} is not a Conv/Linear module "
+                        "of the model (use a name from model.named_modules())"
+                    )
+                self.classifier = wname
+            else:
+                self.classifier = _classifier_from_order(mode.order, ctx.all_weights)
+        if opts.bn == "train":
+            warnings.warn(
+                "px bn='train' reproduces the reference code's behaviour: with an all-ones batch "
+                "every BatchNorm output is constant, so the weight copy's signal is round-off. "
+                "Use it only for reproduction studies.",
+                PXDegenerateWarning,
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ passes
+    def _tensors(self, kind: str, mask: Mapping[str, torch.Tensor], ctx: Context):
+        out = {}
+        leaves = {}
+        for n, w in self.weights.items():
+            m = mask[n].to(self.dtype) if n in mask else None
+            signed = n == self.classifier
+            if kind == "real":
+                out[n] = w * m if m is not None else w
+            elif kind == "data":
+                if signed:
+                    out[n] = w * m if m is not None else w
+                else:
+                    out[n] = m if m is not None else torch.ones_like(w)
+            else:
+                t = (w * m if m is not None else w) if signed else (w * w * m if m is not None else w * w)
+                if n in ctx.params:
+                    t = t.requires_grad_(True)
+                    leaves[n] = t
+                out[n] = t
+        return out, leaves
+
+    def _spec(self, kind: str) -> CopySpec:
+        bn = "batch" if self.options.bn == "train" else "linear"
+        if kind == "data":
+            return CopySpec(activation="replay", maxpool="gather", bn=bn, bn_power=0,
+                            coef_power=0, drop_bias=True, scaling="exp")
+        return CopySpec(activation="identity", maxpool="sum", bn=bn, bn_power=2, coef_power=2,
+                        drop_bias=True, scaling="exp")
+
+    def data_term(self, ctx: Context, mask: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Z1 = sum_n z1[n] (one sample's output shape), divided by its largest magnitude."""
+        model = ctx.model
+        real, _ = self._tensors("real", mask, ctx)
+        data, _ = self._tensors("data", mask, ctx)
+        keep = frozenset({self.classifier}) if self.classifier else frozenset()
+        acc: torch.Tensor | None = None
+        acc_e = 0
+        for x, _ in ctx.batches:
+            x = x.to(self.dtype)
+            gates: list = []
+            with torch.no_grad():
+                with substituted(model, {**self.base, **real}), PathMode(REAL, gates=gates):
+                    model(x)
+                with substituted(model, {**self.base, **data}), PathMode(
+                    self._spec("data"), gates=gates, keep_bias=keep, warn=self.warn
+                ) as mode:
+                    out = output_tensor(model(mode.track(x * x)))
+                    mode.finish()
+                    z, e = out.sum(0), mode.exponent(out)
+            if acc is None:
+                acc, acc_e = z, e
+            else:
+                top = max(acc_e, e)
+                acc = acc * 2.0 ** (acc_e - top) + z * 2.0 ** (e - top)
+                acc_e = top
+        assert acc is not None
+        m = float(acc.abs().max())
+        if not math.isfinite(m):
+            raise FloatingPointError("px: the data term is not finite")
+        return acc / m if m > 0 else acc
+
+    def score(self, ctx: Context, mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        model = ctx.model
+        z1 = self.data_term(ctx, mask)
+        weight, leaves = self._tensors("weight", mask, ctx)
+        keep = frozenset({self.classifier}) if self.classifier else frozenset()
+        n_ones = 2 if self.options.bn == "train" else 1
+        ones = torch.ones((n_ones, *self.shape), dtype=self.dtype, device=ctx.device)
+        with torch.enable_grad(), substituted(model, {**self.base, **weight}), PathMode(
+            self._spec("weight"), keep_bias=keep, warn=self.warn
+        ) as mode:
+            z2 = output_tensor(model(mode.track(ones)))[0]
+        with torch.enable_grad():
+            r = (z1 * z2).sum()
+            grads = torch.autograd.grad(r, list(leaves.values()), allow_unused=True)
+        scores = {}
+        for (n, u), g in zip(leaves.items(), grads, strict=True):
+            kept = mask[n]
+            if g is None:
+                scores[n] = torch.zeros_like(u, dtype=torch.float32)
+                continue
+            if n == self.classifier:
+                s = g.abs() * u.detach() ** 2
+            elif self.classifier is not None:
+                s = (u.detach() * g).abs()
+            else:
+                s = u.detach() * g
+            scores[n] = torch.where(kept, s, torch.zeros((), dtype=s.dtype, device=s.device))
+        return scores

@@ -1,0 +1,274 @@
+"""Masks are data: ``{canonical parameter name: bool tensor}`` (CONTRACTS.md section 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .selection import canonical_name, prunable_modules, unwrap
+
+FORMAT = "pxprune.mask"
+FORMAT_VERSION = 1
+
+
+class MaskParametrization(nn.Module):
+    """``weight -> weight * mask``: pruned weights are 0 in every forward and get zero gradient."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask.to(weight.dtype)
+
+
+def _is_masked(module: nn.Module) -> bool:
+    if not parametrize.is_parametrized(module, "weight"):
+        return False
+    return any(isinstance(p, MaskParametrization) for p in module.parametrizations["weight"])
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def state_hash(model: nn.Module, names: list[str] | None = None) -> str:
+    """sha256 of the model's floating tensors (canonical names, sorted): identifies theta_0."""
+    h = hashlib.sha256()
+    tensors = {canonical_name(n): t for n, t in unwrap(model).state_dict().items()}
+    for n in sorted(tensors if names is None else names):
+        t = tensors[n]
+        if not t.is_floating_point():
+            continue
+        h.update(n.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Mask(Mapping[str, torch.Tensor]):
+    """A read-only mapping from canonical parameter names to boolean tensors (True keeps).
+
+    ``metadata`` records how it was made (criterion, options, sparsity, rounds, scope, seed, split
+    and theta_0 hashes, versions).
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], *, metadata: Mapping[str, Any] | None = None):
+        items: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"mask entry {name!r} is not a tensor")
+            items[canonical_name(name)] = t.detach().to(torch.bool)
+        if not items:
+            raise ValueError("a mask needs at least one entry")
+        self._items = items
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    # Mapping
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Mask({len(self)} tensors, density={self.density:.4g})"
+
+    # counting
+    @property
+    def kept(self) -> int:
+        return int(sum(int(t.sum()) for t in self._items.values()))
+
+    @property
+    def total(self) -> int:
+        return int(sum(t.numel() for t in self._items.values()))
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.total
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    def empty_layers(self) -> list[str]:
+        return [n for n, t in self._items.items() if not bool(t.any())]
+
+    def to(self, device: torch.device | str) -> Mask:
+        return Mask({n: t.to(device) for n, t in self._items.items()}, metadata=self.metadata)
+
+    # model interaction
+    def check_fits(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The modules the mask addresses; ValueError naming the first misfit."""
+        modules = prunable_modules(model)
+        for name, t in self._items.items():
+            if name not in modules:
+                raise ValueError(
+                    f"the mask does not fit the model: it has {name!r}, which is not a prunable "
+                    "weight of this model (was the mask made for another architecture?)"
+                )
+            shape = tuple(modules[name].weight.shape)
+            if tuple(t.shape) != shape:
+                raise ValueError(
+                    f"the mask does not fit the model: {name!r} has shape {tuple(t.shape)} in "
+                    f"the mask and {shape} in the model"
+                )
+        return {n: modules[n] for n in self._items}
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Zero the pruned weights and keep them zero (a parametrization ``weight * mask``).
+
+        Applying to a model that already carries a pxprune mask is a ValueError."""
+        modules = self.check_fits(model)
+        if any(_is_masked(m) for m in unwrap(model).modules()):
+            raise ValueError(
+                "the model already carries a pxprune mask: call mask.bake(model) (or "
+                "pxprune.masks.remove(model)) before applying another"
+            )
+        for name, module in modules.items():
+            m = self._items[name].to(module.weight.device)
+            with torch.no_grad():
+                module.weight.mul_(m.to(module.weight.dtype))
+            parametrize.register_parametrization(module, "weight", MaskParametrization(m))
+        return model
+
+    def bake(self, model: nn.Module) -> nn.Module:
+        """Remove the parametrization, leaving plain weights with exact zeros where pruned."""
+        modules = self.check_fits(model)
+        for name, module in modules.items():
+            if _is_masked(module):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            with torch.no_grad():
+                module.weight.mul_(self._items[name].to(module.weight.device, module.weight.dtype))
+        return model
+
+    def shuffled(self, seed: int = 0) -> Mask:
+        """The same number kept in every layer, positions permuted at random within each layer
+        (the sanity check of Frankle et al., ICLR 2021)."""
+        from .seeding import generator
+
+        g = generator(seed, "shuffle")
+        out = {}
+        for name, t in self._items.items():
+            flat = t.reshape(-1).cpu()
+            perm = torch.randperm(flat.numel(), generator=g)
+            out[name] = flat[perm].view_as(t).to(t.device)
+        meta = dict(self.metadata, shuffled_seed=seed)
+        return Mask(out, metadata=meta)
+
+    # persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically; loadable with ``torch.load(..., weights_only=True)``."""
+        payload = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "masks": {n: t.cpu() for n, t in self._items.items()},
+            "metadata": _plain(self.metadata),
+        }
+        atomic_save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Mask:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no mask file at {path}: run `pxprune prune` to make one")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+            raise ValueError(f"{path} is not a readable pxprune mask ({type(err).__name__}); "
+                             "re-create it with `pxprune prune`") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a pxprune mask file; re-create it with `pxprune prune`")
+        if payload.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path} has mask format version {payload.get('version')}, "
+                             f"this pxprune reads {FORMAT_VERSION}")
+        masks = payload.get("masks")
+        if not isinstance(masks, dict) or not masks:
+            raise ValueError(f"{path} holds no mask tensors; re-create it with `pxprune prune`")
+        return cls(masks, metadata=payload.get("metadata") or {})
+
+    def report(self, model: nn.Module, input_size: tuple[int, ...] | None = None):
+        """The per-layer report (name, shape, kept, total, density, effective kept, MACs)."""
+        from .report import layer_report
+
+        size = input_size or self.metadata.get("input_size")
+        if size is None:
+            raise ValueError("report needs input_size=(C, H, W) (the mask has none recorded)")
+        return layer_report(model, self, tuple(size))
+
+
+def _plain(value: Any) -> Any:
+    """Metadata restricted to what ``weights_only`` loading accepts."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def remove(model: nn.Module) -> nn.Module:
+    """Remove every pxprune mask parametrization, leaving the masked (zeroed) weights."""
+    for module in unwrap(model).modules():
+        if _is_masked(module):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model
+
+
+def ones_like_model(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Overlap:
+    """How much two masks agree. ``shared``: kept by both / kept by the smaller of the two;
+    ``jaccard``: kept by both / kept by either; ``layers``: ``shared`` per layer."""
+
+    shared: float
+    jaccard: float
+    layers: dict[str, float]
+
+
+def overlap(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Overlap:
+    if set(a) != set(b):
+        raise ValueError("the masks cover different parameters")
+    both = either = smaller = 0
+    layers = {}
+    for n in a:
+        x, y = a[n].bool().cpu(), b[n].bool().cpu()
+        if x.shape != y.shape:
+            raise ValueError(f"the masks disagree on the shape of {n!r}")
+        i, u = int((x & y).sum()), int((x | y).sum())
+        s = min(int(x.sum()), int(y.sum()))
+        layers[n] = i / s if s else 1.0
+        both, either, smaller = both + i, either + u, smaller + s
+    return Overlap(
+        shared=both / smaller if smaller else 1.0,
+        jaccard=both / either if either else 1.0,
+        layers=layers,
+    )

@@ -1,0 +1,147 @@
+"""Per-layer reports of a mask: density, effective density and MACs (CONTRACTS.md section 2).
+
+A weight is *effective* when it lies on at least one fully kept input-to-output path. One
+forward/backward of a reachability copy decides it exactly: weights are the mask (0/1), activations
+and max-pool windows are open, BatchNorm is the identity, biases are 0, and values and gradients are
+clamped to {0, 1} after every growing operation (so nothing overflows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ._scoped import frozen_state, model_device, substituted
+from .paths import CopySpec, PathMode, output_tensor
+from .selection import prunable_modules, unwrap
+
+REACH = CopySpec(activation="identity", maxpool="sum", bn="linear", bn_power=0, coef_power=0,
+                 drop_bias=True, scaling="binary")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRow:
+    name: str
+    shape: tuple[int, ...]
+    kept: int
+    total: int
+    effective_kept: int
+    dense_macs: int
+    masked_macs: int
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.total
+
+    @property
+    def effective_density(self) -> float:
+        return self.effective_kept / self.total
+
+    @property
+    def empty(self) -> bool:
+        return self.kept == 0 or self.effective_kept == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    rows: list[LayerRow]
+
+    @property
+    def kept(self) -> int:
+        return sum(r.kept for r in self.rows)
+
+    @property
+    def total(self) -> int:
+        return sum(r.total for r in self.rows)
+
+    @property
+    def effective_kept(self) -> int:
+        return sum(r.effective_kept for r in self.rows)
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.total
+
+    @property
+    def effective_density(self) -> float:
+        return self.effective_kept / self.total
+
+    @property
+    def flops_fraction(self) -> float:
+        dense = sum(r.dense_macs for r in self.rows)
+        return sum(r.masked_macs for r in self.rows) / dense if dense else 1.0
+
+    @property
+    def empty_layers(self) -> list[str]:
+        return [r.name for r in self.rows if r.empty]
+
+    def as_dicts(self) -> list[dict]:
+        return [
+            {"name": r.name, "shape": "x".join(map(str, r.shape)), "kept": r.kept,
+             "total": r.total, "density": r.density, "effective_kept": r.effective_kept,
+             "effective_density": r.effective_density, "dense_macs": r.dense_macs,
+             "masked_macs": r.masked_macs, "empty": r.empty}
+            for r in self.rows
+        ]
+
+    def to_markdown(self) -> str:
+        lines = ["| layer | shape | kept | total | density | effective | MACs kept | |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in self.rows:
+            macs = r.masked_macs / r.dense_macs if r.dense_macs else 1.0
+            flag = "**EMPTY**" if r.empty else ""
+            lines.append(
+                f"| {r.name} | {'x'.join(map(str, r.shape))} | {r.kept} | {r.total} | "
+                f"{r.density:.4f} | {r.effective_density:.4f} | {macs:.4f} | {flag} |"
+            )
+        lines.append(
+            f"| **total** | | {self.kept} | {self.total} | {self.density:.4f} | "
+            f"{self.effective_density:.4f} | {self.flops_fraction:.4f} | "
+            f"{len(self.empty_layers)} empty |"
+        )
+        return "\n".join(lines)
+
+
+def effective_masks(
+    model: nn.Module, mask: Mapping[str, torch.Tensor], input_size: tuple[int, ...]
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """(name -> bool tensor of effective weights, name -> output positions per sample)."""
+    model = unwrap(model)
+    modules = prunable_modules(model)
+    device = model_device(model)
+    weights = {}
+    leaves = {}
+    for name, module in modules.items():
+        w = module.weight.detach()
+        m = mask[name].to(device, w.dtype) if name in mask else torch.ones_like(w)
+        t = m.clone().requires_grad_(True)
+        weights[name] = t
+        leaves[name] = t
+    ids = {id(t): n for n, t in weights.items()}
+    with frozen_state(model, training=False), torch.enable_grad(), substituted(model, weights):
+        with PathMode(REACH, weight_names=ids) as mode:
+            x = mode.track(torch.ones((1, *input_size), device=device))
+            out = output_tensor(model(x))
+            grads = torch.autograd.grad(out.sum(), list(leaves.values()), allow_unused=True)
+    eff = {}
+    for (name, t), g in zip(leaves.items(), grads, strict=True):
+        kept = mask[name].to(device) if name in mask else torch.ones_like(t, dtype=torch.bool)
+        eff[name] = (kept & (g > 0)) if g is not None else torch.zeros_like(kept)
+    return eff, dict(mode.positions)
+
+
+def layer_report(model: nn.Module, mask: Mapping[str, torch.Tensor], input_size: tuple[int, ...]) -> Report:
+    eff, positions = effective_masks(model, mask, input_size)
+    rows = []
+    for name in mask:
+        t = mask[name]
+        pos = positions.get(name, 0)
+        rows.append(LayerRow(
+            name=name, shape=tuple(t.shape), kept=int(t.sum()), total=t.numel(),
+            effective_kept=int(eff[name].sum()), dense_macs=pos * t.numel(),
+            masked_macs=pos * int(t.sum()),
+        ))
+    return Report(rows)
