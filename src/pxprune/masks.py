@@ -227,8 +227,11 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
+    if value is None or isinstance(value, bool):
+        return value if value is None else bool(value)
+    for kind in (int, float, str):  # plain builtins only (TorchVersion, numpy scalars are not)
+        if isinstance(value, kind):
+            return kind(value)
     return str(value)
 
 
