@@ -8,6 +8,7 @@
 __version__ = "0.1.0"
 
 from .api import list_criteria, prune, score  # noqa: E402
+from .lottery import lottery  # noqa: E402
 from .masks import Mask  # noqa: E402
 
-__all__ = ["Mask", "__version__", "list_criteria", "prune", "score"]
+__all__ = ["Mask", "__version__", "list_criteria", "lottery", "prune", "score"]

@@ -15,6 +15,7 @@ from ._scoped import frozen_state, model_device
 from .batches import Batches
 from .criteria import CRITERIA, Context, Criterion, make_options, non_default_options
 from .masks import Mask, state_hash
+from .report import effective_masks
 from .seeding import generator
 from .selection import canonical_name, prunable_parameters, unwrap
 
@@ -171,6 +172,14 @@ def prune(
     }
     mask = Mask(current, metadata=meta)
     empty = mask.empty_layers()
+    if input_size is not None:
+        try:
+            effective, _ = effective_masks(ctx.model, current, tuple(input_size))
+            empty = [n for n in current if not bool(effective[n].any())]
+        except Exception as err:  # noqa: BLE001 - the diagnostic must never fail a prune
+            log.debug("effective-density check skipped: %s", err)
+    mask.metadata["empty_layers"] = empty
     if empty:
-        log.warning("%s left %d layer(s) empty: %s", criterion, len(empty), ", ".join(empty))
+        log.warning("%s left %d layer(s) empty or cut off from every input-output path: %s",
+                    criterion, len(empty), ", ".join(empty))
     return mask

@@ -36,7 +36,8 @@ def train_mode_pass(ctx: Context, leaves: Mapping[str, torch.Tensor]) -> Iterato
             m.eval()
     devices = []
     if ctx.device.type == "cuda":
-        devices = [ctx.device.index if ctx.device.index is not None else torch.cuda.current_device()]
+        index = ctx.device.index
+        devices = [index if index is not None else torch.cuda.current_device()]
     with (
         torch.random.fork_rng(devices=devices),
         torch.enable_grad(),
@@ -97,7 +98,8 @@ def mean_loss_gradient(
     total = [torch.zeros_like(t, requires_grad=False) for t in leaves]
     count = 0
     for x, y in ctx.batches:
-        loss, n = summed_cross_entropy(ctx.model(x), y, criterion=criterion, temperature=temperature)
+        out = ctx.model(x)
+        loss, n = summed_cross_entropy(out, y, criterion=criterion, temperature=temperature)
         count += n
         if loss.requires_grad:
             grads = torch.autograd.grad(loss, list(leaves), allow_unused=True)
