@@ -152,7 +152,8 @@ def test_synflow_mask_zeroes_pruned_and_conserves() -> None:
     model = plain_cnn()
     model.double()
     g = torch.Generator().manual_seed(3)
-    mask = {n: torch.rand(p.shape, generator=g) > 0.3 for n, p in prunable_parameters(model).items()}
+    params = prunable_parameters(model)
+    mask = {n: torch.rand(p.shape, generator=g) > 0.3 for n, p in params.items()}
     scores, r = raw_flow(SynFlow, model, (2, 6, 6), mask)
     ref, ref_r = reference_flow(model, (2, 6, 6), power=1, mask=mask)
     assert r == pytest.approx(ref_r, rel=1e-12)
@@ -240,6 +241,30 @@ def test_px_first_round_ranks_like_synflow_l2() -> None:
     assert max(float(s.max()) for s in l2.values()) == 1.0
 
 
+@pytest.mark.parametrize("cls", [SynFlow, SynFlowL2])
+def test_flows_exact_beyond_float32_range(cls) -> None:
+    """A 40-layer chain whose flow (~1e70) overflows float32: the power-of-two exponents keep the
+    float32 scores equal to the float64 ones (per tensor, relative to its max)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(40) for m in (nn.Linear(6, 6, bias=False), nn.ReLU())])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(40.0)
+    ctx = context(model, (6,))
+    crit = cls(cls.Options(input_size=(6,)))
+    crit.setup(ctx)
+    flow = crit.flow(ctx, {n: torch.ones_like(p, dtype=torch.bool) for n, p in ctx.params.items()})
+    assert flow.exponent > 128  # the true values are outside float32's range
+    exact, r64 = raw_flow(cls, copy.deepcopy(model).double(), (6,))
+    assert math.isfinite(r64) and r64 > 1e40
+    assert flow.total * 2.0**flow.exponent == pytest.approx(r64, rel=1e-5)
+    for n, s in flow.scores.items():
+        assert s.dtype == torch.float32
+        true = s.double() * 2.0**flow.exponent
+        err = float((true - exact[n]).abs().max() / exact[n].abs().max())
+        assert err < 1e-5, n
+
+
 @pytest.mark.parametrize("criterion", ["synflow", "synflow_l2"])
 def test_flows_finite_nonzero_in_resnet18(criterion: str) -> None:
     torch.manual_seed(0)
@@ -316,6 +341,53 @@ def test_ntksap_deterministic_for_a_seed() -> None:
     assert all(bool(torch.isfinite(s).all() and (s >= 0).all()) for s in a.values())
 
 
+def test_ntksap_matches_an_independent_finite_difference() -> None:
+    """J and dJ/dM recomputed with torch.func.functional_call from the same draws: Kaiming
+    weights (every conv/linear weight in parameter order), then delta on the scored weights,
+    then z; BN statistics from one train-mode pass of the masked unperturbed net."""
+    model = _bn_cnn()
+    params = prunable_parameters(model)
+    g = torch.Generator().manual_seed(2)
+    mask = {n: torch.rand(p.shape, generator=g) > 0.3 for n, p in params.items()}
+    seed, eps, size, b = 5, 0.01, (2, 6, 6), 3
+    got = pxprune.score(model, "ntksap", mask=mask, seed=seed, input_size=size, batch_size=b,
+                        reinits=1)
+
+    draw = torch.Generator()
+    draw.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator(seed, "criterion"))))
+    theta = {n: nn.init.kaiming_normal_(torch.empty(p.shape), generator=draw)
+             for n, p in params.items()}
+    delta = {n: torch.empty(p.shape).normal_(generator=draw) for n, p in params.items()}
+    z = torch.empty((b, *size)).normal_(generator=draw)
+    net = copy.deepcopy(model).eval()
+    bn = {}
+    for name, mod in net.named_modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            bn[f"{name}.weight"] = torch.ones_like(mod.weight)
+            bn[f"{name}.bias"] = torch.zeros_like(mod.bias)
+            # the batch statistics of the masked, unperturbed network on z (momentum 1: unbiased)
+            bn[f"{name}.running_mean"] = torch.zeros_like(mod.running_mean)
+            bn[f"{name}.running_var"] = torch.ones_like(mod.running_var)
+    m = {n: mask[n].double().float().requires_grad_(True) for n in params}
+    w1 = {n: theta[n] * m[n] for n in params}
+    w2 = {n: (theta[n] + eps * delta[n]) * m[n] for n in params}
+    for mod in net.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.momentum = 1.0
+            mod.train()
+    with torch.no_grad():
+        torch.func.functional_call(net, {**bn, **{n: t.detach() for n, t in w1.items()}}, (z,))
+    net.eval()
+    out1 = torch.func.functional_call(net, {**bn, **w1}, (z,))
+    out2 = torch.func.functional_call(net, {**bn, **w2}, (z,))
+    j = ((out1 - out2) ** 2).sum()
+    grads = torch.autograd.grad(j, list(m.values()))
+    ref = {n: torch.where(mask[n], gr.abs(), 0.0) for n, gr in zip(m, grads, strict=True)}
+    top = max(float(r.max()) for r in ref.values())
+    for n in got:
+        torch.testing.assert_close(got[n], ref[n] / top, rtol=1e-4, atol=1e-6)
+
+
 def test_ntksap_is_weight_agnostic_and_zero_on_pruned() -> None:
     """Scores depend on the architecture and mask, not on the caller's weight values."""
     model = _bn_cnn()
@@ -325,7 +397,8 @@ def test_ntksap_is_weight_agnostic_and_zero_on_pruned() -> None:
             p.mul_(-3.0).add_(0.5)
     kw = dict(input_size=(2, 6, 6), batch_size=4, reinits=2)
     g = torch.Generator().manual_seed(1)
-    mask = {n: torch.rand(p.shape, generator=g) > 0.4 for n, p in prunable_parameters(model).items()}
+    params = prunable_parameters(model)
+    mask = {n: torch.rand(p.shape, generator=g) > 0.4 for n, p in params.items()}
     a = pxprune.score(model, "ntksap", mask=mask, **kw)
     b = pxprune.score(other, "ntksap", mask=mask, **kw)
     for n in a:

@@ -12,7 +12,7 @@ from .base import (
     option_names,
     register_criterion,
 )
-from . import grasp, magnitude, px, random, snip  # noqa: E402,F401  (registers them)
+from . import grasp, magnitude, ntksap, px, random, snip, synflow  # noqa: E402,F401  (registers them)
 
 __all__ = [
     "CRITERIA", "Context", "Criterion", "DataOptions", "InputSizeOptions", "NoOptions",

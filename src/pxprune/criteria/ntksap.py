@@ -2,16 +2,18 @@
 Dynamics", ICLR 2023 (arXiv 2304.02840).
 
 NTK-SAP keeps the weights that matter most for the trace of the fixed-weight NTK, estimated by a
-finite difference and averaged over random weights and random inputs (weight- and data-agnostic):
+finite difference and averaged over random weights and random inputs (weight- and
+data-agnostic):
 
     J(M) = sum_{r=1..R} || f(z_r; M * theta'_r) - f(z_r; M * (theta'_r + eps * delta_r)) ||^2
     S_j  = |dJ/dM_j| * 1[M_j != 0]
 
-``E_delta ||f(theta + eps delta) - f(theta)||^2 ~= eps^2 ||df/dtheta||_F^2 = eps^2 tr(NTK)``. Each
-draw r uses its own fresh ``theta'_r`` (Kaiming-normal, "new input, new weight"), ``delta_r ~ N(0, I)``
-on the scored (prunable, non-excluded) weights and Gaussian inputs ``z_r ~ N(0, 1)``; both networks
-are masked by the same M, and the score is the mask saliency ``|dJ/dM|`` (= ``|theta' * dJ/dtheta'|``
-summed over both networks), zero on pruned weights.
+``E_delta ||f(theta + eps delta) - f(theta)||^2 ~= eps^2 ||df/dtheta||_F^2 = eps^2 tr(NTK)``.
+Each draw r uses its own fresh ``theta'_r`` (Kaiming-normal, "new input, new weight"),
+``delta_r ~ N(0, I)`` on the scored (prunable, non-excluded) weights and Gaussian inputs
+``z_r ~ N(0, 1)``; both networks are masked by the same M, so the mask saliency ``|dJ/dM|`` adds
+the contributions of both (``theta'_j dJ/dw1_j + (theta'_j + eps delta_j) dJ/dw2_j``); pruned
+weights score 0.
 """
 
 from __future__ import annotations
@@ -199,13 +201,13 @@ class NTKSAP(Criterion):
                 theta = {n: self._kaiming(s) for n, s in self.shapes.items()}
                 delta = {n: self._normal(self.shapes[n]) for n in m}
                 z = self._normal((b, *self.shape))
-                with torch.no_grad():
-                    self._set_statistics({n: t * m[n] if n in m else t for n, t in theta.items()}, z)
                 with torch.enable_grad():
                     w1 = {n: t * m[n] if n in m else t for n, t in theta.items()}
+                    self._set_statistics({n: t.detach() for n, t in w1.items()}, z)
                     with substituted(self.net, w1):
                         out1 = output_tensor(self.net(z))
-                    w2 = {n: (t + eps * delta[n]) * m[n] if n in m else t for n, t in theta.items()}
+                    w2 = {n: (t + eps * delta[n]) * m[n] if n in m else t
+                          for n, t in theta.items()}
                     with substituted(self.net, w2):
                         out2 = output_tensor(self.net(z))
                     j = (out1 - out2).pow(2).sum()
