@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -61,16 +62,24 @@ def _setup(
 
 
 def _normalise(raw: Mapping[str, torch.Tensor], names: Iterable[str], criterion: str) -> dict[str, torch.Tensor]:
-    out = {}
-    top = 0.0
+    """float32 scores divided by the largest absolute score (all-zero scores stay zeros)."""
+    names = list(names)
+    tops = {}
     for n in names:
         t = raw[n].detach()
-        if not torch.isfinite(t).all():
+        top = float(torch.linalg.vector_norm(t, ord=float("inf"))) if t.numel() else 0.0
+        if not math.isfinite(top):  # NaN and inf propagate into the max-norm
             raise FloatingPointError(f"criterion {criterion!r} produced non-finite scores in {n!r}")
-        top = max(top, float(t.abs().max())) if t.numel() else top
+        tops[n] = top
+    top = max(tops.values(), default=0.0)
+    out = {}
     for n in names:
-        t = raw[n].detach().to(torch.float64)
-        out[n] = (t / top if top > 0 else t).to(torch.float32)
+        t = raw[n].detach()
+        if t.dtype != torch.float32:
+            t = (t.to(torch.float64) / top).to(torch.float32) if top > 0 else t.to(torch.float32)
+        else:
+            t = t / top if top > 0 else t.clone()
+        out[n] = t
     return out
 
 

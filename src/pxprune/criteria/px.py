@@ -133,6 +133,7 @@ class PX(Criterion):
             if t.is_floating_point() and t.dtype != self.dtype:
                 self.base[canonical_name(n)] = t.detach().to(self.dtype)
         self.weights = {n: w.detach().to(self.dtype) for n, w in ctx.all_weights.items()}
+        self.squares = {n: w * w for n, w in self.weights.items()}
         self.ids: dict[int, str] = {}
         shape = ctx.batches.first_shape()
         self.shape = shape
@@ -171,26 +172,29 @@ class PX(Criterion):
             )
 
     # ------------------------------------------------------------------ passes
-    def _tensors(self, kind: str, mask: Mapping[str, torch.Tensor], ctx: Context):
-        out = {}
-        leaves = {}
+    def _tensors(self, kind: str, mf: Mapping[str, torch.Tensor], ctx: Context):
+        """The substituted weights of one pass; ``mf`` is the mask as floats (excluded: absent)."""
+        out, leaves = {}, {}
         for n, w in self.weights.items():
-            m = mask[n].to(self.dtype) if n in mask else None
+            m = mf.get(n)
             signed = n == self.classifier
-            if kind == "real":
+            if kind == "real" or (kind == "data" and signed):
                 out[n] = w * m if m is not None else w
             elif kind == "data":
-                if signed:
-                    out[n] = w * m if m is not None else w
-                else:
-                    out[n] = m if m is not None else torch.ones_like(w)
+                out[n] = m if m is not None else torch.ones_like(w)
             else:
-                t = (w * m if m is not None else w) if signed else (w * w * m if m is not None else w * w)
+                if signed:
+                    t = w * m if m is not None else w.clone()
+                else:
+                    sq = self.squares[n]
+                    t = sq * m if m is not None else sq.clone()
                 if n in ctx.params:
-                    t = t.requires_grad_(True)
-                    leaves[n] = t
+                    leaves[n] = t.requires_grad_(True)
                 out[n] = t
         return out, leaves
+
+    def _float_mask(self, mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {n: mask[n].to(self.dtype) for n in self.weights if n in mask}
 
     def _spec(self, kind: str) -> CopySpec:
         bn = "batch" if self.options.bn == "train" else "linear"
@@ -200,11 +204,12 @@ class PX(Criterion):
         return CopySpec(activation="identity", maxpool="sum", bn=bn, bn_power=2, coef_power=2,
                         drop_bias=True, scaling="exp")
 
-    def data_term(self, ctx: Context, mask: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def data_term(self, ctx: Context, mf: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Z1 = sum_n z1[n] (one sample's output shape), divided by its largest magnitude."""
         model = ctx.model
-        real, _ = self._tensors("real", mask, ctx)
-        data, _ = self._tensors("data", mask, ctx)
+        real, _ = self._tensors("real", mf, ctx)
+        data, _ = self._tensors("data", mf, ctx)
+        del mf
         keep = frozenset({self.classifier}) if self.classifier else frozenset()
         acc: torch.Tensor | None = None
         acc_e = 0
@@ -234,8 +239,10 @@ class PX(Criterion):
 
     def score(self, ctx: Context, mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         model = ctx.model
-        z1 = self.data_term(ctx, mask)
-        weight, leaves = self._tensors("weight", mask, ctx)
+        mf = self._float_mask(mask)
+        z1 = self.data_term(ctx, mf)
+        weight, leaves = self._tensors("weight", mf, ctx)
+        del mf
         keep = frozenset({self.classifier}) if self.classifier else frozenset()
         n_ones = 2 if self.options.bn == "train" else 1
         ones = torch.ones((n_ones, *self.shape), dtype=self.dtype, device=ctx.device)
@@ -248,15 +255,16 @@ class PX(Criterion):
             grads = torch.autograd.grad(r, list(leaves.values()), allow_unused=True)
         scores = {}
         for (n, u), g in zip(leaves.items(), grads, strict=True):
-            kept = mask[n]
             if g is None:
                 scores[n] = torch.zeros_like(u, dtype=torch.float32)
                 continue
+            u = u.detach()
             if n == self.classifier:
-                s = g.abs() * u.detach() ** 2
+                s = g.abs_().mul_(u).mul_(u)
             elif self.classifier is not None:
-                s = (u.detach() * g).abs()
+                s = g.mul_(u).abs_()
             else:
-                s = u.detach() * g
-            scores[n] = torch.where(kept, s, torch.zeros((), dtype=s.dtype, device=s.device))
+                s = g.mul_(u)
+            # u is 0 where pruned, but 0 * inf would be NaN: pruned weights score exactly 0
+            scores[n] = s.masked_fill_(~mask[n], 0)
         return scores
