@@ -1,0 +1,59 @@
+"""Experiments: run configurations and recipes, single runs into run folders, the demo
+(CONTRACTS.md sections 5, 6 and 8). The CLI (``pxprune.cli``) is a thin layer over this package."""
+
+from .config import (
+    AMP_MODES,
+    DEFAULT_RECIPE,
+    SCHEDULES,
+    DataConfig,
+    Flags,
+    ModelConfig,
+    PruneConfig,
+    RunConfig,
+    TrainConfig,
+    config_from_dict,
+    list_recipes,
+    read_recipe,
+    recipe_comment,
+    resolve_config,
+    with_prune,
+)
+from .demo import DEMO_CRITERIA, DEMO_OUT, DEMO_RECIPE, demo_config, demo_plans, demo_table
+from .errors import UserError
+from .run import (
+    METRIC_KEYS,
+    Data,
+    Observer,
+    Plan,
+    build_model,
+    default_out,
+    evaluate_run,
+    execute,
+    load_data,
+    load_mask,
+    make_trainer,
+    plan,
+    read_config,
+    run_label,
+    train_config_for_mask,
+)
+from .spec import (
+    DENSE,
+    CriterionSpec,
+    criterion_label,
+    normalise_options,
+    parse_criterion,
+    sparsity_label,
+    split_criteria,
+)
+
+__all__ = [
+    "AMP_MODES", "DEFAULT_RECIPE", "DEMO_CRITERIA", "DEMO_OUT", "DEMO_RECIPE", "DENSE",
+    "METRIC_KEYS", "SCHEDULES", "CriterionSpec", "Data", "DataConfig", "Flags", "ModelConfig",
+    "Observer", "Plan", "PruneConfig", "RunConfig", "TrainConfig", "UserError", "build_model",
+    "config_from_dict", "criterion_label", "default_out", "demo_config", "demo_plans",
+    "demo_table", "evaluate_run", "execute", "list_recipes", "load_data", "load_mask",
+    "make_trainer", "normalise_options", "parse_criterion", "plan", "read_config", "read_recipe",
+    "recipe_comment", "resolve_config", "run_label", "sparsity_label", "split_criteria",
+    "train_config_for_mask", "with_prune",
+]
