@@ -36,8 +36,9 @@ def split_batches() -> tuple[list, str]:
         return [(torch.stack(xs), torch.tensor(ys))], "Fashion-MNIST pruning split (10 per class)"
     except (FileNotFoundError, ValueError):
         g = torch.Generator().manual_seed(0)
-        return [(torch.randn(100, 3, 32, 32, generator=g), torch.randint(0, 10, (100,), generator=g))], \
-            "random 3x32x32 images (Fashion-MNIST not installed)"
+        return [
+            (torch.randn(100, 3, 32, 32, generator=g), torch.randint(0, 10, (100,), generator=g))
+        ], "random 3x32x32 images (Fashion-MNIST not installed)"
 
 
 def timed(model, name, batches, rounds) -> float:
@@ -73,8 +74,10 @@ def main() -> None:
     from pxprune.criteria import CRITERIA
 
     for name, per_round, setup in rows:
-        lines.append(f"| {name} | {CRITERIA.get(name).default_rounds} | {per_round:.3f} | {setup:.3f} | "
-                     f"{per_round / floor:.2f} |")
+        lines.append(
+            f"| {name} | {CRITERIA.get(name).default_rounds} | {per_round:.3f} | {setup:.3f} | "
+            f"{per_round / floor:.2f} |"
+        )
     body = "## criteria_cost\n\n" + "\n".join(lines)
     print(body)
     if not args.no_write:

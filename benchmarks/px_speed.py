@@ -96,12 +96,18 @@ def main() -> None:
         f"| prune(rounds=100), setup included | {t100:.2f} | {t100 / 100:.3f} | {r100:.2f} |",
     ]
     if not args.no_memory:
-        lines += ["", "ResNet-50 at 224 px, 32 images, one PX round (peak RSS of a fresh process):", "",
-                  "| micro_batch | RSS before (MB) | peak RSS (MB) | round (s) | one plain forward of 32 (s) |",
-                  "| ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "ResNet-50 at 224 px, 32 images, one PX round (peak RSS of a fresh process):",
+            "",
+            "| micro_batch | RSS before (MB) | peak RSS (MB) | round (s) | one plain forward of 32 (s) |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
         for mb in (32, 8):
             m = memory(mb)
-            lines.append(f"| {mb} | {m['base_mb']:.0f} | {m['peak_mb']:.0f} | {m['round_s']:.1f} | {m['forward_s']:.1f} |")
+            lines.append(
+                f"| {mb} | {m['base_mb']:.0f} | {m['peak_mb']:.0f} | {m['round_s']:.1f} | {m['forward_s']:.1f} |"
+            )
     body = "## px_speed\n\n" + "\n".join(lines)
     print(body)
     if not args.no_write:

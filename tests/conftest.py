@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 
-def mlp(act: type[nn.Module] = nn.ReLU, widths=(3, 4, 5, 2), seed: int = 0, **act_kw) -> nn.Sequential:
+def mlp(
+    act: type[nn.Module] = nn.ReLU, widths=(3, 4, 5, 2), seed: int = 0, **act_kw
+) -> nn.Sequential:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=False)):

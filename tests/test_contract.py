@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from conftest import ResBlockNet, assert_unchanged, randomize_bn, snapshot
 
 import pxprune
+from conftest import ResBlockNet, assert_unchanged, randomize_bn, snapshot
 from pxprune.criteria import CRITERIA
 
 CRITERIA_NAMES = [n for n in pxprune.list_criteria() if not n.startswith("_")]
@@ -27,7 +27,9 @@ def test_score_contract(name, images):
     model = _model()
     snap = snapshot(model)
     scores = pxprune.score(model, name, images, seed=1)
-    prunable = {n: p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() in (2, 4)}
+    prunable = {
+        n: p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() in (2, 4)
+    }
     assert list(scores) == list(prunable)
     for n, s in scores.items():
         assert s.shape == prunable[n].shape and s.dtype == torch.float32, n
@@ -43,8 +45,15 @@ def test_prune_contract(name, images):
     model = _model()
     snap = snapshot(model)
     masks = []
-    mask = pxprune.prune(model, name, images, sparsity=0.7, rounds=3, seed=2,
-                         progress=lambda t, T, m: masks.append(m))
+    mask = pxprune.prune(
+        model,
+        name,
+        images,
+        sparsity=0.7,
+        rounds=3,
+        seed=2,
+        progress=lambda t, T, m: masks.append(m),
+    )
     m = mask.total
     assert mask.kept == m - math.floor(round(0.7 * m, 9))
     assert len(masks) == 3

@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from conftest import ResBlockNet, TinyCNN
 from torch import nn
 
 import pxprune
+from conftest import ResBlockNet, TinyCNN
 from pxprune import threshold
 from pxprune.criteria import Criterion, NoOptions, register_criterion
 from pxprune.criteria.base import CRITERIA
@@ -48,7 +48,9 @@ def _expected_counts(m: int, s: float, rounds: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("m,s,rounds", [(100, 0.5, 1), (1000, 0.982, 100), (7, 0.9, 5), (12345, 0.36, 7)])
+@pytest.mark.parametrize(
+    "m,s,rounds", [(100, 0.5, 1), (1000, 0.982, 100), (7, 0.9, 5), (12345, 0.36, 7)]
+)
 def test_pruned_counts(m, s, rounds):
     counts = threshold.pruned_counts(m, s, rounds)
     assert counts == _expected_counts(m, s, rounds)
@@ -65,8 +67,14 @@ def test_counting_at_every_round_and_ties_in_order():
     model = TinyCNN(seed=0)
     m = sum(p.numel() for p in model.parameters())
     seen = []
-    mask = pxprune.prune(model, "_test_const", [torch.randn(2, 1, 4, 4)], sparsity=0.7, rounds=3,
-                         progress=lambda t, T, mk: seen.append((t, T, mk.total - mk.kept)))
+    mask = pxprune.prune(
+        model,
+        "_test_const",
+        [torch.randn(2, 1, 4, 4)],
+        sparsity=0.7,
+        rounds=3,
+        progress=lambda t, T, mk: seen.append((t, T, mk.total - mk.kept)),
+    )
     assert [n for _, _, n in seen] == _expected_counts(m, 0.7, 3)
     assert [(t, T) for t, T, _ in seen] == [(1, 3), (2, 3), (3, 3)]
     # all scores tie: the earliest weights (parameter order, then flat index) go first
@@ -77,7 +85,9 @@ def test_counting_at_every_round_and_ties_in_order():
 
 def test_layerwise_scope_keeps_the_fraction_in_every_layer():
     model = TinyCNN(seed=0)
-    mask = pxprune.prune(model, "px", [torch.randn(4, 1, 4, 4)], sparsity=0.5, rounds=2, scope="layerwise")
+    mask = pxprune.prune(
+        model, "px", [torch.randn(4, 1, 4, 4)], sparsity=0.5, rounds=2, scope="layerwise"
+    )
     for n, t in mask.items():
         assert int((~t).sum()) == math.floor(round(0.5 * t.numel(), 9)), n
 
@@ -106,7 +116,9 @@ def test_prunable_selection_by_type_with_include_exclude():
     assert list(prunable_parameters(model, include=["a.weight", "b.*"])) == ["a.weight", "b.weight"]
     with pytest.raises(ValueError, match="matches no prunable"):
         prunable_parameters(model, exclude="bn.weight")
-    mask = pxprune.prune(model, "px", [torch.randn(2, 3, 8, 8)], sparsity=0.5, rounds=1, exclude="fc.weight")
+    mask = pxprune.prune(
+        model, "px", [torch.randn(2, 3, 8, 8)], sparsity=0.5, rounds=1, exclude="fc.weight"
+    )
     assert "fc.weight" not in mask
     assert mask.kept == mask.total - math.floor(round(0.5 * mask.total, 9))
 
@@ -138,7 +150,15 @@ def test_mask_apply_train_bake_roundtrip(tmp_path):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), torch.zeros(4, dtype=torch.long)).backward()
         opt.step()
-    assert all(torch.all(dict(model.named_parameters())[f"{n.rsplit('.', 1)[0]}.parametrizations.weight.original"][~mask[n]] == 0) for n in mask)
+    assert all(
+        torch.all(
+            dict(model.named_parameters())[
+                f"{n.rsplit('.', 1)[0]}.parametrizations.weight.original"
+            ][~mask[n]]
+            == 0
+        )
+        for n in mask
+    )
     loaded.bake(model)
     for n, t in mask.items():
         w = dict(model.named_parameters())[n]
@@ -160,7 +180,12 @@ def test_mask_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         Mask.load(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="does not fit"):
-        pxprune.score(model, "px", [torch.randn(2, 3, 8, 8)], mask={"stem.weight": torch.ones(2, dtype=torch.bool)})
+        pxprune.score(
+            model,
+            "px",
+            [torch.randn(2, 3, 8, 8)],
+            mask={"stem.weight": torch.ones(2, dtype=torch.bool)},
+        )
 
 
 def test_overlap_and_shuffled():
@@ -218,7 +243,9 @@ def test_data_and_model_errors():
     with pytest.raises(ValueError, match="do not fit the model"):
         pxprune.prune(model, "px", [torch.randn(2, 3, 8, 8)], sparsity=0.5)
     with pytest.raises(ValueError, match="nothing to prune"):
-        pxprune.prune(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), "px", [torch.randn(2, 3)], sparsity=0.5)
+        pxprune.prune(
+            nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), "px", [torch.randn(2, 3)], sparsity=0.5
+        )
     with pytest.raises(TypeError, match="iterable"):
         pxprune.prune(model, "px", torch.randn(2, 1, 4, 4), sparsity=0.5)
 

@@ -45,7 +45,11 @@ def test_lottery_levels_counts_and_rewind(rewind_step):
     assert mask.total == m and mask.kept == m - math.floor(round(0.8 * m, 9))
     n_levels = levels_for(0.8, 0.5)
     assert n_levels == 3
-    expected = ([(rewind_step, m)] if rewind_step else []) + [(3, m), (3, m - m // 2), (3, m - math.floor(0.75 * m))]
+    expected = ([(rewind_step, m)] if rewind_step else []) + [
+        (3, m),
+        (3, m - m // 2),
+        (3, m - math.floor(0.75 * m)),
+    ]
     assert calls == expected
     state = model.state_dict()
     assert not any("parametrizations" in k for k in state)
@@ -53,7 +57,10 @@ def test_lottery_levels_counts_and_rewind(rewind_step):
         assert all(torch.equal(state[k], v) for k, v in theta0.items())
     else:
         assert not all(torch.equal(state[k], v) for k, v in theta0.items())
-    assert mask.metadata["criterion"] == "lottery" and mask.metadata["options"]["rewind_step"] == rewind_step
+    assert (
+        mask.metadata["criterion"] == "lottery"
+        and mask.metadata["options"]["rewind_step"] == rewind_step
+    )
 
 
 def test_lottery_prunes_smallest_trained_weights():
@@ -61,8 +68,10 @@ def test_lottery_prunes_smallest_trained_weights():
 
     def fake_train(model, mask, *, max_steps=None):
         with torch.no_grad():  # "training" sets weights to known magnitudes
-            for p, base in ((model[0].parametrizations.weight.original, 1),
-                            (model[2].parametrizations.weight.original, 1000)):
+            for p, base in (
+                (model[0].parametrizations.weight.original, 1),
+                (model[2].parametrizations.weight.original, 1000),
+            ):
                 p.copy_(torch.arange(p.numel(), dtype=p.dtype).view_as(p) + base)
 
     mask = pxprune.lottery(model, fake_train, sparsity=0.5, rate=0.5)

@@ -14,10 +14,10 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TinyCNN, mlp
 from torch import nn
 
 import pxprune
+from conftest import TinyCNN, mlp
 
 torch.set_default_dtype(torch.float32)
 
@@ -62,7 +62,10 @@ def brute_force(thetas, edges, masks, x_sq, g1, g2, z1_const: bool = False):
     if z1_const:
         z1 = torch.ones_like(z1)
     weight = z1.sum(0)[k] * v**2  # per path: sum_n z1[n, k(p)] v_p^2
-    scores = [torch.zeros_like(t).index_add_(0, idx, weight) for t, idx in zip(thetas, (a, b, c), strict=True)]
+    scores = [
+        torch.zeros_like(t).index_add_(0, idx, weight)
+        for t, idx in zip(thetas, (a, b, c), strict=True)
+    ]
     per_path_sum = v**2 * (1 / thetas[0][a] ** 2 + 1 / thetas[1][b] ** 2 + 1 / thetas[2][c] ** 2)
     bound = (z1.sum(0)[k] * per_path_sum).sum()
     return scores, z1, bound
@@ -74,7 +77,9 @@ def _normalise(scores):
 
 
 def _mlp_case(act, slope: float = 0.0, seed: int = 0, masks=None):
-    model = mlp(act, seed=seed, **({"negative_slope": slope} if act is nn.LeakyReLU else {})).double()
+    model = mlp(
+        act, seed=seed, **({"negative_slope": slope} if act is nn.LeakyReLU else {})
+    ).double()
     x = torch.randn(6, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     ws = [model[0].weight, model[2].weight, model[4].weight]
     masks = masks or [torch.ones(w.numel(), dtype=torch.bool) for w in ws]
@@ -82,7 +87,7 @@ def _mlp_case(act, slope: float = 0.0, seed: int = 0, masks=None):
     pre1 = x @ mw[0].t()
     h1 = act(**({"negative_slope": slope} if act is nn.LeakyReLU else {}))(pre1)
     pre2 = h1 @ mw[1].t()
-    gate = (lambda t: torch.where(t > 0, 1.0, slope).double())
+    gate = lambda t: torch.where(t > 0, 1.0, slope).double()
     thetas = [w.detach().reshape(-1) for w in ws]
     edges = [_edges_linear(w) for w in ws]
     return model, x, thetas, edges, masks, gate(pre1), gate(pre2)
@@ -90,7 +95,11 @@ def _mlp_case(act, slope: float = 0.0, seed: int = 0, masks=None):
 
 def _mask_dict(model, masks):
     names = [n for n, _ in model.named_parameters()]
-    return {n: m.view_as(p) for (n, p), m in zip(model.named_parameters(), masks, strict=True)} if names else {}
+    return (
+        {n: m.view_as(p) for (n, p), m in zip(model.named_parameters(), masks, strict=True)}
+        if names
+        else {}
+    )
 
 
 @pytest.mark.parametrize("act,slope", [(nn.ReLU, 0.0), (nn.LeakyReLU, 0.2)])
@@ -125,8 +134,11 @@ def test_cnn_scores_equal_path_enumeration():
     edges = [_edges_conv(mw[0], (1, 4, 4)), _edges_conv(mw[1], (2, 4, 4)), _edges_linear(mw[2])]
     thetas = [w.detach().reshape(-1) for w in ws]
     expected, _, _ = brute_force(thetas, edges, masks, (x**2).flatten(1), g1, g2)
-    mask = {"c1.weight": masks[0].view_as(ws[0]), "c2.weight": masks[1].view_as(ws[1]),
-            "fc.weight": masks[2].view_as(ws[2])}
+    mask = {
+        "c1.weight": masks[0].view_as(ws[0]),
+        "c2.weight": masks[1].view_as(ws[1]),
+        "fc.weight": masks[2].view_as(ws[2]),
+    }
     got = pxprune.score(model, "px", [x], mask=mask, dtype="float64")
     for exp, s in zip(_normalise(expected), got.values(), strict=True):
         torch.testing.assert_close(s.double().reshape(-1), exp, rtol=1e-6, atol=1e-7)
@@ -139,7 +151,10 @@ def test_bound_identity_and_ntk_trace():
     # the PX scores divided by theta^2 sum to B (up to the global factor of normalisation)
     got = pxprune.score(model, "px", [x], dtype="float64")
     raw_top = max(float(s.abs().max()) for s in scores)
-    sum_grad = sum(float((s.double().reshape(-1) * raw_top / t**2).sum()) for s, t in zip(got.values(), thetas, strict=True))
+    sum_grad = sum(
+        float((s.double().reshape(-1) * raw_top / t**2).sum())
+        for s, t in zip(got.values(), thetas, strict=True)
+    )
     assert sum_grad == pytest.approx(float(bound), rel=1e-9)
     # NTK trace: sum over n, k of |grad_theta f_k(x_n)|^2
     params = [model[0].weight, model[2].weight, model[4].weight]
@@ -159,7 +174,9 @@ def test_scores_nonnegative_and_conserved_per_layer():
     got = pxprune.score(model, "px", [x], mask=mask, dtype="float64")
     sums = [float(s.double().sum()) for s in got.values()]
     assert all(float(s.min()) >= 0 for s in got.values())
-    assert sums[0] == pytest.approx(sums[1], rel=1e-6) and sums[1] == pytest.approx(sums[2], rel=1e-6)
+    assert sums[0] == pytest.approx(sums[1], rel=1e-6) and sums[1] == pytest.approx(
+        sums[2], rel=1e-6
+    )
     for n, s in got.items():  # pruned weights score exactly 0
         assert torch.all(s[~mask[n]] == 0)
 
@@ -171,7 +188,10 @@ def test_first_round_equals_l2_path_norm():
     for exp, s in zip(_normalise(expected), got.values(), strict=True):
         torch.testing.assert_close(s.double().reshape(-1), exp, rtol=1e-6, atol=1e-8)
     signed = pxprune.score(model, "px", [x], dtype="float64", classifier="signed")
-    assert any(not torch.allclose(a, b, atol=1e-4) for a, b in zip(signed.values(), got.values(), strict=True))
+    assert any(
+        not torch.allclose(a, b, atol=1e-4)
+        for a, b in zip(signed.values(), got.values(), strict=True)
+    )
 
 
 def test_data_enter_only_through_z1():
@@ -184,14 +204,18 @@ def test_data_enter_only_through_z1():
     base = pxprune.score(model, "px", [x], mask=mask, dtype="float64")
     perm = x[torch.randperm(x.shape[0], generator=g)]
     variants = [
-        [perm],                      # permuted samples
-        [x[:3], x[3:]],              # another batching
-        [torch.cat([x, x])],         # duplicated: Z1 doubles
-        [3.0 * x],                   # scaled: bias-free ReLU keeps gates, Z1 x 9
+        [perm],  # permuted samples
+        [x[:3], x[3:]],  # another batching
+        [torch.cat([x, x])],  # duplicated: Z1 doubles
+        [3.0 * x],  # scaled: bias-free ReLU keeps gates, Z1 x 9
     ]
     for split in variants:
         other = pxprune.score(model, "px", split, mask=mask, dtype="float64")
         for a, b in zip(base.values(), other.values(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    different = pxprune.score(model, "px", [torch.randn(6, 3, dtype=torch.float64)], mask=mask, dtype="float64")
-    assert any(not torch.allclose(a, b) for a, b in zip(base.values(), different.values(), strict=True))
+    different = pxprune.score(
+        model, "px", [torch.randn(6, 3, dtype=torch.float64)], mask=mask, dtype="float64"
+    )
+    assert any(
+        not torch.allclose(a, b) for a, b in zip(base.values(), different.values(), strict=True)
+    )

@@ -10,10 +10,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ResBlockNet, assert_unchanged, randomize_bn, snapshot
 from torch import nn
 
 import pxprune
+from conftest import ResBlockNet, assert_unchanged, randomize_bn, snapshot
 from pxprune.models import create_model
 from pxprune.paths import GateMismatchError, PathTheoryWarning
 
@@ -40,7 +40,11 @@ def test_float32_matches_float64_on_resnet20():
     randomize_bn(model)
     data = _batches()
     g = torch.Generator().manual_seed(1)
-    mask = {n: torch.rand(p.shape, generator=g) > 0.7 for n, p in model.named_parameters() if p.dim() > 1}
+    mask = {
+        n: torch.rand(p.shape, generator=g) > 0.7
+        for n, p in model.named_parameters()
+        if p.dim() > 1
+    }
     s32 = pxprune.score(model, "px", data, mask=mask)
     s64 = pxprune.score(model, "px", data, mask=mask, dtype="float64")
     for name in s32:
@@ -71,7 +75,11 @@ def test_fresh_batchnorm_does_not_change_the_ranking():
     with_bn = _plain_cnn(0, bn=True)
     with_bn.load_state_dict(
         {k: v for k, v in plain.state_dict().items()}
-        | {k: v for k, v in with_bn.state_dict().items() if "running" in k or k.split(".")[0] in ("1", "4", "7")},
+        | {
+            k: v
+            for k, v in with_bn.state_dict().items()
+            if "running" in k or k.split(".")[0] in ("1", "4", "7")
+        },
         strict=False,
     )
     # copy the conv/linear weights across (indices shift by the inserted BNs)
@@ -99,7 +107,9 @@ def test_pruned_weights_score_zero_and_stay_pruned():
     model = ResBlockNet(seed=1)
     x = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     masks = []
-    pxprune.prune(model, "px", [x], sparsity=0.9, rounds=4, progress=lambda t, T, m: masks.append(dict(m)))
+    pxprune.prune(
+        model, "px", [x], sparsity=0.9, rounds=4, progress=lambda t, T, m: masks.append(dict(m))
+    )
     for before, after in zip(masks, masks[1:], strict=False):
         for n in before:
             assert not (after[n] & ~before[n]).any(), "a mask grew"
@@ -151,7 +161,9 @@ def test_bn_train_warns_and_runs():
     assert_unchanged(model, snap)
 
 
-@pytest.mark.parametrize("activation", ["module", "inplace", "functional", "torch", "method", "method_"])
+@pytest.mark.parametrize(
+    "activation", ["module", "inplace", "functional", "torch", "method", "method_"]
+)
 def test_every_relu_call_style_is_gated(activation):
     class Net(nn.Module):
         def __init__(self):
@@ -163,8 +175,14 @@ def test_every_relu_call_style_is_gated(activation):
 
         def forward(self, x):
             h = self.c(x)
-            h = {"module": self.relu, "inplace": self.relu, "functional": F.relu, "torch": torch.relu,
-                 "method": torch.Tensor.relu, "method_": torch.Tensor.relu_}[activation](h)
+            h = {
+                "module": self.relu,
+                "inplace": self.relu,
+                "functional": F.relu,
+                "torch": torch.relu,
+                "method": torch.Tensor.relu,
+                "method_": torch.Tensor.relu_,
+            }[activation](h)
             return self.fc(h.flatten(1))
 
     class Ref(Net):
@@ -235,7 +253,9 @@ def test_torchvision_models_score(name):
     snap = snapshot(model)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     scores = pxprune.score(model, "px", [x])
-    assert set(scores) == {n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() in (2, 4)}
+    assert set(scores) == {
+        n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() in (2, 4)
+    }
     for n, s in scores.items():
         assert torch.isfinite(s).all(), n
     assert sum(int((s > 0).sum()) for s in scores.values()) > 0
@@ -243,8 +263,13 @@ def test_torchvision_models_score(name):
 
 
 def test_unsupported_layers_warn_once():
-    model = nn.Sequential(nn.Linear(4, 8, bias=False), nn.GELU(), nn.Linear(8, 8, bias=False),
-                          nn.GELU(), nn.Linear(8, 2, bias=False))
+    model = nn.Sequential(
+        nn.Linear(4, 8, bias=False),
+        nn.GELU(),
+        nn.Linear(8, 8, bias=False),
+        nn.GELU(),
+        nn.Linear(8, 2, bias=False),
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pxprune.prune(model, "px", [torch.randn(3, 4)], sparsity=0.5, rounds=3)

@@ -31,13 +31,21 @@ def list_criteria() -> list[str]:
 
 
 def _setup(
-    model: nn.Module, criterion: str, batches: Iterable | None, *, include, exclude, seed: int,
+    model: nn.Module,
+    criterion: str,
+    batches: Iterable | None,
+    *,
+    include,
+    exclude,
+    seed: int,
     options: Mapping[str, Any],
 ) -> tuple[Criterion, Context]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(criterion, str):
-        raise TypeError(f"criterion must be a registered name (str), got {type(criterion).__name__}")
+        raise TypeError(
+            f"criterion must be a registered name (str), got {type(criterion).__name__}"
+        )
     cls = CRITERIA.get(criterion)
     options = dict(options)
     input_size = options.get("input_size")
@@ -48,20 +56,32 @@ def _setup(
     device = model_device(plain)
     data = None
     if batches is not None and (cls.uses_data or input_size is None):
-        data = Batches(batches, device=device, micro_batch=getattr(opts, "micro_batch", 64),
-                       need_targets=cls.needs_targets, criterion=criterion)
+        data = Batches(
+            batches,
+            device=device,
+            micro_batch=getattr(opts, "micro_batch", 64),
+            need_targets=cls.needs_targets,
+            criterion=criterion,
+        )
     elif cls.uses_data:
         data = Batches(None, device=device, criterion=criterion)  # raises a TypeError
     ctx = Context(
-        model=plain, params=params, all_weights=all_weights, batches=data, seed=seed,
-        generator=generator(seed, "criterion", device="cpu"), device=device,
+        model=plain,
+        params=params,
+        all_weights=all_weights,
+        batches=data,
+        seed=seed,
+        generator=generator(seed, "criterion", device="cpu"),
+        device=device,
         input_size=tuple(input_size) if input_size is not None else None,
     )
     crit = cls(opts)
     return crit, ctx
 
 
-def _normalise(raw: Mapping[str, torch.Tensor], names: Iterable[str], criterion: str) -> dict[str, torch.Tensor]:
+def _normalise(
+    raw: Mapping[str, torch.Tensor], names: Iterable[str], criterion: str
+) -> dict[str, torch.Tensor]:
     """float32 scores divided by the largest absolute score (all-zero scores stay zeros)."""
     names = list(names)
     tops = {}
@@ -83,12 +103,16 @@ def _normalise(raw: Mapping[str, torch.Tensor], names: Iterable[str], criterion:
     return out
 
 
-def _mask_dict(mask: Mapping[str, torch.Tensor] | None, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _mask_dict(
+    mask: Mapping[str, torch.Tensor] | None, params: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     out = {}
     given = {canonical_name(k): v for k, v in (mask or {}).items()}
     unknown = set(given) - set(params)
     if unknown:
-        raise ValueError(f"the mask does not fit the model: unknown parameter {sorted(unknown)[0]!r}")
+        raise ValueError(
+            f"the mask does not fit the model: unknown parameter {sorted(unknown)[0]!r}"
+        )
     for n, p in params.items():
         if n in given:
             m = given[n]
@@ -115,8 +139,9 @@ def score(
 ) -> dict[str, torch.Tensor]:
     """Scores of every prunable weight under ``criterion`` ("higher keeps"): float32 tensors of each
     parameter's shape, divided by the largest absolute score. The model is left bit-identical."""
-    crit, ctx = _setup(model, criterion, batches, include=None, exclude=None, seed=seed,
-                       options=options)
+    crit, ctx = _setup(
+        model, criterion, batches, include=None, exclude=None, seed=seed, options=options
+    )
     current = _mask_dict(mask, ctx.params)
     with frozen_state(ctx.model):
         crit.setup(ctx)
@@ -148,8 +173,9 @@ def prune(
     """
     s = threshold.resolve_sparsity(sparsity, density)
     threshold.check_scope(scope)
-    crit, ctx = _setup(model, criterion, batches, include=include, exclude=exclude, seed=seed,
-                       options=options)
+    crit, ctx = _setup(
+        model, criterion, batches, include=include, exclude=exclude, seed=seed, options=options
+    )
     rounds = threshold.check_rounds(crit.default_rounds if rounds is None else rounds)
     current = {n: torch.ones_like(p, dtype=torch.bool) for n, p in ctx.params.items()}
     goals = threshold.targets(current, s, rounds, scope)
@@ -189,6 +215,10 @@ def prune(
             log.debug("effective-density check skipped: %s", err)
     mask.metadata["empty_layers"] = empty
     if empty:
-        log.warning("%s left %d layer(s) empty or cut off from every input-output path: %s",
-                    criterion, len(empty), ", ".join(empty))
+        log.warning(
+            "%s left %d layer(s) empty or cut off from every input-output path: %s",
+            criterion,
+            len(empty),
+            ", ".join(empty),
+        )
     return mask

@@ -46,7 +46,9 @@ class Batches:
     def _split(self, item: object) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(item, torch.Tensor):
             x, y = item, None
-        elif isinstance(item, tuple | list) and len(item) >= 1 and isinstance(item[0], torch.Tensor):
+        elif (
+            isinstance(item, tuple | list) and len(item) >= 1 and isinstance(item[0], torch.Tensor)
+        ):
             x = item[0]
             y = item[1] if len(item) > 1 else None
             if y is not None and not isinstance(y, torch.Tensor):
@@ -103,5 +105,7 @@ class Batches:
                 self.sample_shape = tuple(x.shape[1:])
                 break
             else:
-                raise ValueError("batches yielded no data: pass a non-empty list of (inputs, targets)")
+                raise ValueError(
+                    "batches yielded no data: pass a non-empty list of (inputs, targets)"
+                )
         return self.sample_shape

@@ -77,9 +77,15 @@ def lottery(
         current = threshold.prune_step(scores, current, goal, scope=scope)
     plain.load_state_dict(rewind)
     meta = {
-        "criterion": "lottery", "options": {"rate": rate, "rewind_step": rewind_step},
-        "sparsity": s, "rounds": n_levels, "scope": scope, "seed": None, "split_hash": None,
-        "theta0_hash": theta0, "rewind_hash": state_hash(plain),
+        "criterion": "lottery",
+        "options": {"rate": rate, "rewind_step": rewind_step},
+        "sparsity": s,
+        "rounds": n_levels,
+        "scope": scope,
+        "seed": None,
+        "split_hash": None,
+        "theta0_hash": theta0,
+        "rewind_hash": state_hash(plain),
         "versions": {"pxprune": __version__, "torch": torch.__version__},
     }
     return Mask(current, metadata=meta)

@@ -47,6 +47,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -74,7 +77,9 @@ class Mask(Mapping[str, torch.Tensor]):
     and theta_0 hashes, versions).
     """
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], *, metadata: Mapping[str, Any] | None = None):
+    def __init__(
+        self, tensors: Mapping[str, torch.Tensor], *, metadata: Mapping[str, Any] | None = None
+    ):
         items: dict[str, torch.Tensor] = {}
         for name, t in tensors.items():
             if not isinstance(t, torch.Tensor):
@@ -199,13 +204,19 @@ class Mask(Mapping[str, torch.Tensor]):
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-            raise ValueError(f"{path} is not a readable pxprune mask ({type(err).__name__}); "
-                             "re-create it with `pxprune prune`") from None
+            raise ValueError(
+                f"{path} is not a readable pxprune mask ({type(err).__name__}); "
+                "re-create it with `pxprune prune`"
+            ) from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a pxprune mask file; re-create it with `pxprune prune`")
+            raise ValueError(
+                f"{path} is not a pxprune mask file; re-create it with `pxprune prune`"
+            )
         if payload.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path} has mask format version {payload.get('version')}, "
-                             f"this pxprune reads {FORMAT_VERSION}")
+            raise ValueError(
+                f"{path} has mask format version {payload.get('version')}, "
+                f"this pxprune reads {FORMAT_VERSION}"
+            )
         masks = payload.get("masks")
         if not isinstance(masks, dict) or not masks:
             raise ValueError(f"{path} holds no mask tensors; re-create it with `pxprune prune`")

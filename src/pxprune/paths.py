@@ -71,39 +71,136 @@ REAL = CopySpec(activation="record", maxpool="record")
 _RELUS = {"relu", "relu_"}
 _INPLACE_NAMES = {"__iadd__", "__isub__", "__imul__", "__itruediv__"}
 _SHAPE_OPS = {
-    "view", "reshape", "flatten", "__getitem__", "permute", "transpose", "contiguous", "squeeze",
-    "unsqueeze", "expand", "expand_as", "split", "chunk", "unbind", "t", "narrow", "select",
-    "view_as", "reshape_as", "unflatten", "movedim", "clone", "detach", "to", "float", "double",
-    "type", "cpu", "cuda", "squeeze_", "unsqueeze_", "pad", "repeat", "tile", "roll", "flip",
-    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "interpolate", "upsample",
-    "upsample_nearest", "dropout", "dropout2d", "alpha_dropout", "feature_alpha_dropout", "identity",
+    "view",
+    "reshape",
+    "flatten",
+    "__getitem__",
+    "permute",
+    "transpose",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
+    "expand",
+    "expand_as",
+    "split",
+    "chunk",
+    "unbind",
+    "t",
+    "narrow",
+    "select",
+    "view_as",
+    "reshape_as",
+    "unflatten",
+    "movedim",
+    "clone",
+    "detach",
+    "to",
+    "float",
+    "double",
+    "type",
+    "cpu",
+    "cuda",
+    "squeeze_",
+    "unsqueeze_",
+    "pad",
+    "repeat",
+    "tile",
+    "roll",
+    "flip",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "channel_shuffle",
+    "interpolate",
+    "upsample",
+    "upsample_nearest",
+    "dropout",
+    "dropout2d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "identity",
 }
-_MULT = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply", "matmul", "__matmul__",
-         "__rmatmul__", "mm", "bmm", "dot", "outer"}
+_MULT = {
+    "mul",
+    "mul_",
+    "__mul__",
+    "__rmul__",
+    "__imul__",
+    "multiply",
+    "matmul",
+    "__matmul__",
+    "__rmatmul__",
+    "mm",
+    "bmm",
+    "dot",
+    "outer",
+}
 _DIV = {"div", "div_", "__truediv__", "__itruediv__", "true_divide"}
 # ops after which a scaled copy renormalises (additive merges grow at most 2x: the next conv does)
-_GROWING = {"conv1d", "conv2d", "conv3d", "linear", "sum", "matmul", "__matmul__", "mm", "bmm",
-            "einsum", "addmm"}
-_OUTSIDE = {
-    "gelu": "GELU", "silu": "SiLU", "hardswish": "Hardswish", "mish": "Mish", "elu": "ELU",
-    "selu": "SELU", "celu": "CELU", "softplus": "Softplus", "sigmoid": "sigmoid", "tanh": "tanh",
-    "hardsigmoid": "Hardsigmoid", "layer_norm": "LayerNorm", "group_norm": "GroupNorm",
-    "instance_norm": "InstanceNorm", "scaled_dot_product_attention": "attention",
-    "multi_head_attention_forward": "attention", "softmax": "softmax",
-    "conv_transpose1d": "ConvTranspose", "conv_transpose2d": "ConvTranspose",
-    "conv_transpose3d": "ConvTranspose", "adaptive_max_pool1d": "adaptive max-pool",
-    "adaptive_max_pool2d": "adaptive max-pool", "adaptive_max_pool3d": "adaptive max-pool",
+_GROWING = {
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "linear",
+    "sum",
+    "matmul",
+    "__matmul__",
+    "mm",
+    "bmm",
+    "einsum",
+    "addmm",
 }
-_PASSTHROUGH = {torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward,
-                torch.Tensor.requires_grad_, torch.Tensor.size, torch.Tensor.dim}
+_OUTSIDE = {
+    "gelu": "GELU",
+    "silu": "SiLU",
+    "hardswish": "Hardswish",
+    "mish": "Mish",
+    "elu": "ELU",
+    "selu": "SELU",
+    "celu": "CELU",
+    "softplus": "Softplus",
+    "sigmoid": "sigmoid",
+    "tanh": "tanh",
+    "hardsigmoid": "Hardsigmoid",
+    "layer_norm": "LayerNorm",
+    "group_norm": "GroupNorm",
+    "instance_norm": "InstanceNorm",
+    "scaled_dot_product_attention": "attention",
+    "multi_head_attention_forward": "attention",
+    "softmax": "softmax",
+    "conv_transpose1d": "ConvTranspose",
+    "conv_transpose2d": "ConvTranspose",
+    "conv_transpose3d": "ConvTranspose",
+    "adaptive_max_pool1d": "adaptive max-pool",
+    "adaptive_max_pool2d": "adaptive max-pool",
+    "adaptive_max_pool3d": "adaptive max-pool",
+}
+_PASSTHROUGH = {
+    torch.autograd.grad,
+    torch.autograd.backward,
+    torch.Tensor.backward,
+    torch.Tensor.requires_grad_,
+    torch.Tensor.size,
+    torch.Tensor.dim,
+}
 _CONVS = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}
-_MAXPOOLS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3,
-             F.max_pool1d_with_indices: 1, F.max_pool2d_with_indices: 2,
-             F.max_pool3d_with_indices: 3}
-_MAXPOOL_IDX = {1: F.max_pool1d_with_indices, 2: F.max_pool2d_with_indices,
-                3: F.max_pool3d_with_indices}
-_AVGPOOL = {"avg_pool1d": (F.avg_pool1d, 1), "avg_pool2d": (F.avg_pool2d, 2),
-            "avg_pool3d": (F.avg_pool3d, 3)}
+_MAXPOOLS = {
+    F.max_pool1d: 1,
+    F.max_pool2d: 2,
+    F.max_pool3d: 3,
+    F.max_pool1d_with_indices: 1,
+    F.max_pool2d_with_indices: 2,
+    F.max_pool3d_with_indices: 3,
+}
+_MAXPOOL_IDX = {
+    1: F.max_pool1d_with_indices,
+    2: F.max_pool2d_with_indices,
+    3: F.max_pool3d_with_indices,
+}
+_AVGPOOL = {
+    "avg_pool1d": (F.avg_pool1d, 1),
+    "avg_pool2d": (F.avg_pool2d, 2),
+    "avg_pool3d": (F.avg_pool3d, 3),
+}
 _ADAPTIVE_AVG = {"adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3}
 
 
@@ -289,8 +386,12 @@ class PathMode(TorchFunctionMode):
     # ----------------------------------------------------------------- weights
     def _linear(self, func, name: str, args: tuple, kwargs: dict):  # noqa: ANN001
         if name in _CONVS:
-            b = _bind(args, kwargs, ("input", "weight", "bias", "stride", "padding", "dilation",
-                                     "groups"), {"bias": None})
+            b = _bind(
+                args,
+                kwargs,
+                ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+                {"bias": None},
+            )
         else:
             b = _bind(args, kwargs, ("input", "weight", "bias"), {"bias": None})
         x, w, bias = b["input"], b["weight"], b["bias"]
@@ -345,11 +446,16 @@ class PathMode(TorchFunctionMode):
         x = args[0] if args else kwargs["input"]
         if name in _RELUS:
             kind, slope = "relu", 0.0
-            inplace = name == "relu_" or bool(_bind(args, kwargs, ("input", "inplace"),
-                                                     {"inplace": False})["inplace"])
+            inplace = name == "relu_" or bool(
+                _bind(args, kwargs, ("input", "inplace"), {"inplace": False})["inplace"]
+            )
         elif func in (F.leaky_relu, F.leaky_relu_):
-            b = _bind(args, kwargs, ("input", "negative_slope", "inplace"),
-                      {"negative_slope": 0.01, "inplace": False})
+            b = _bind(
+                args,
+                kwargs,
+                ("input", "negative_slope", "inplace"),
+                {"negative_slope": 0.01, "inplace": False},
+            )
             kind, slope, inplace = "leaky_relu", float(b["negative_slope"]), bool(b["inplace"])
             inplace = inplace or func is F.leaky_relu_
         else:
@@ -357,8 +463,12 @@ class PathMode(TorchFunctionMode):
                 b = _bind(args, kwargs, ("input", "inplace"), {"inplace": False})
                 lo, hi = 0.0, 6.0
             else:
-                b = _bind(args, kwargs, ("input", "min_val", "max_val", "inplace"),
-                          {"min_val": -1.0, "max_val": 1.0, "inplace": False})
+                b = _bind(
+                    args,
+                    kwargs,
+                    ("input", "min_val", "max_val", "inplace"),
+                    {"min_val": -1.0, "max_val": 1.0, "inplace": False},
+                )
                 lo, hi = float(b["min_val"]), float(b["max_val"])
             kind, slope, inplace = "hardtanh", 0.0, bool(b["inplace"])
         mode = self.spec.activation
@@ -391,12 +501,31 @@ class PathMode(TorchFunctionMode):
 
     def _maxpool(self, func, args: tuple, kwargs: dict):  # noqa: ANN001
         dims = _MAXPOOLS[func]
-        b = _bind(args, kwargs, ("input", "kernel_size", "stride", "padding", "dilation",
-                                 "ceil_mode", "return_indices"),
-                  {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False,
-                   "return_indices": False})
-        with_indices = func in (F.max_pool1d_with_indices, F.max_pool2d_with_indices,
-                                F.max_pool3d_with_indices) or bool(b["return_indices"])
+        b = _bind(
+            args,
+            kwargs,
+            (
+                "input",
+                "kernel_size",
+                "stride",
+                "padding",
+                "dilation",
+                "ceil_mode",
+                "return_indices",
+            ),
+            {
+                "stride": None,
+                "padding": 0,
+                "dilation": 1,
+                "ceil_mode": False,
+                "return_indices": False,
+            },
+        )
+        with_indices = func in (
+            F.max_pool1d_with_indices,
+            F.max_pool2d_with_indices,
+            F.max_pool3d_with_indices,
+        ) or bool(b["return_indices"])
         x = b.pop("input")
         b.pop("return_indices")
         mode = self.spec.maxpool
@@ -432,10 +561,29 @@ class PathMode(TorchFunctionMode):
 
     # ----------------------------------------------------------------- fixed linear maps
     def _batch_norm(self, args: tuple, kwargs: dict):
-        b = _bind(args, kwargs, ("input", "running_mean", "running_var", "weight", "bias",
-                                 "training", "momentum", "eps"),
-                  {"running_mean": None, "running_var": None, "weight": None, "bias": None,
-                   "training": False, "momentum": 0.1, "eps": 1e-5})
+        b = _bind(
+            args,
+            kwargs,
+            (
+                "input",
+                "running_mean",
+                "running_var",
+                "weight",
+                "bias",
+                "training",
+                "momentum",
+                "eps",
+            ),
+            {
+                "running_mean": None,
+                "running_var": None,
+                "weight": None,
+                "bias": None,
+                "training": False,
+                "momentum": 0.1,
+                "eps": 1e-5,
+            },
+        )
         x = b["input"]
         shape = [1, -1] + [1] * (x.dim() - 2)
         e = self.exponent(x) if x in self._exp else None
@@ -444,8 +592,16 @@ class PathMode(TorchFunctionMode):
             if e is not None and self.spec.scaling == "exp":
                 eps = math.ldexp(eps, -2 * e)
             w, bias = b["weight"], b["bias"]
-            out = F.batch_norm(x, None, None, None if w is None else w.to(x.dtype),
-                               None if bias is None else bias.to(x.dtype), True, 0.0, eps)
+            out = F.batch_norm(
+                x,
+                None,
+                None,
+                None if w is None else w.to(x.dtype),
+                None if bias is None else bias.to(x.dtype),
+                True,
+                0.0,
+                eps,
+            )
             if e is not None:
                 self._exp[out] = 0
             return out
@@ -472,29 +628,58 @@ class PathMode(TorchFunctionMode):
 
     def _avg_pool(self, name: str, args: tuple, kwargs: dict):
         pool, _ = _AVGPOOL[name]
-        b = _bind(args, kwargs, ("input", "kernel_size", "stride", "padding", "ceil_mode",
-                                 "count_include_pad", "divisor_override"),
-                  {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True,
-                   "divisor_override": None})
+        b = _bind(
+            args,
+            kwargs,
+            (
+                "input",
+                "kernel_size",
+                "stride",
+                "padding",
+                "ceil_mode",
+                "count_include_pad",
+                "divisor_override",
+            ),
+            {
+                "stride": None,
+                "padding": 0,
+                "ceil_mode": False,
+                "count_include_pad": True,
+                "divisor_override": None,
+            },
+        )
         x = b.pop("input")
         summed = pool(x, **{**b, "divisor_override": 1}) if name != "avg_pool1d" else None
         if name == "avg_pool1d":  # avg_pool1d has no divisor_override
-            summed = F.avg_pool2d(x.unsqueeze(-2), (1, _one(b["kernel_size"])),
-                                  (1, _one(b["stride"] or b["kernel_size"])),
-                                  (0, _one(b["padding"])), b["ceil_mode"], b["count_include_pad"],
-                                  1).squeeze(-2)
+            summed = F.avg_pool2d(
+                x.unsqueeze(-2),
+                (1, _one(b["kernel_size"])),
+                (1, _one(b["stride"] or b["kernel_size"])),
+                (0, _one(b["padding"])),
+                b["ceil_mode"],
+                b["count_include_pad"],
+                1,
+            ).squeeze(-2)
         if self.spec.coef_power == 0:
             out = summed
         else:
             ones = torch.ones_like(x[:1, :1])
             avg = pool(ones, **{k: v for k, v in b.items()})
-            real = (pool(ones, **{**b, "divisor_override": 1}) if name != "avg_pool1d"
-                    else F.avg_pool2d(ones.unsqueeze(-2), (1, _one(b["kernel_size"])),
-                                      (1, _one(b["stride"] or b["kernel_size"])),
-                                      (0, _one(b["padding"])), b["ceil_mode"],
-                                      b["count_include_pad"], 1).squeeze(-2))
+            real = (
+                pool(ones, **{**b, "divisor_override": 1})
+                if name != "avg_pool1d"
+                else F.avg_pool2d(
+                    ones.unsqueeze(-2),
+                    (1, _one(b["kernel_size"])),
+                    (1, _one(b["stride"] or b["kernel_size"])),
+                    (0, _one(b["padding"])),
+                    b["ceil_mode"],
+                    b["count_include_pad"],
+                    1,
+                ).squeeze(-2)
+            )
             coef = avg / real  # 1 / divisor at each output position
-            out = summed * coef ** self.spec.coef_power
+            out = summed * coef**self.spec.coef_power
         return self._carry(x, out, growing=self.spec.coef_power == 0)
 
     def _adaptive_avg(self, func, name: str, args: tuple, kwargs: dict):  # noqa: ANN001
@@ -550,8 +735,15 @@ def _one(v: Any) -> int:
 
 def _sum_pool(pool, x: torch.Tensor, kernel, stride, padding, ceil_mode) -> torch.Tensor:  # noqa: ANN001
     if pool is F.avg_pool1d:
-        return F.avg_pool2d(x.unsqueeze(-2), (1, _one(kernel)), (1, _one(stride or kernel)),
-                            (0, _one(padding)), ceil_mode, True, 1).squeeze(-2)
+        return F.avg_pool2d(
+            x.unsqueeze(-2),
+            (1, _one(kernel)),
+            (1, _one(stride or kernel)),
+            (0, _one(padding)),
+            ceil_mode,
+            True,
+            1,
+        ).squeeze(-2)
     return pool(x, kernel, stride, padding, ceil_mode, True, 1)
 
 

@@ -18,8 +18,15 @@ from ._scoped import frozen_state, model_device, substituted
 from .paths import CopySpec, PathMode, output_tensor
 from .selection import prunable_modules, unwrap
 
-REACH = CopySpec(activation="identity", maxpool="sum", bn="linear", bn_power=0, coef_power=0,
-                 drop_bias=True, scaling="binary")
+REACH = CopySpec(
+    activation="identity",
+    maxpool="sum",
+    bn="linear",
+    bn_power=0,
+    coef_power=0,
+    drop_bias=True,
+    scaling="binary",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +87,26 @@ class Report:
 
     def as_dicts(self) -> list[dict]:
         return [
-            {"name": r.name, "shape": "x".join(map(str, r.shape)), "kept": r.kept,
-             "total": r.total, "density": r.density, "effective_kept": r.effective_kept,
-             "effective_density": r.effective_density, "dense_macs": r.dense_macs,
-             "masked_macs": r.masked_macs, "empty": r.empty}
+            {
+                "name": r.name,
+                "shape": "x".join(map(str, r.shape)),
+                "kept": r.kept,
+                "total": r.total,
+                "density": r.density,
+                "effective_kept": r.effective_kept,
+                "effective_density": r.effective_density,
+                "dense_macs": r.dense_macs,
+                "masked_macs": r.masked_macs,
+                "empty": r.empty,
+            }
             for r in self.rows
         ]
 
     def to_markdown(self) -> str:
-        lines = ["| layer | shape | kept | total | density | effective | MACs kept | |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines = [
+            "| layer | shape | kept | total | density | effective | MACs kept | |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
         for r in self.rows:
             macs = r.masked_macs / r.dense_macs if r.dense_macs else 1.0
             flag = "**EMPTY**" if r.empty else ""
@@ -133,15 +150,23 @@ def effective_masks(
     return eff, dict(mode.positions)
 
 
-def layer_report(model: nn.Module, mask: Mapping[str, torch.Tensor], input_size: tuple[int, ...]) -> Report:
+def layer_report(
+    model: nn.Module, mask: Mapping[str, torch.Tensor], input_size: tuple[int, ...]
+) -> Report:
     eff, positions = effective_masks(model, mask, input_size)
     rows = []
     for name in mask:
         t = mask[name]
         pos = positions.get(name, 0)
-        rows.append(LayerRow(
-            name=name, shape=tuple(t.shape), kept=int(t.sum()), total=t.numel(),
-            effective_kept=int(eff[name].sum()), dense_macs=pos * t.numel(),
-            masked_macs=pos * int(t.sum()),
-        ))
+        rows.append(
+            LayerRow(
+                name=name,
+                shape=tuple(t.shape),
+                kept=int(t.sum()),
+                total=t.numel(),
+                effective_kept=int(eff[name].sum()),
+                dense_macs=pos * t.numel(),
+                masked_macs=pos * int(t.sum()),
+            )
+        )
     return Report(rows)

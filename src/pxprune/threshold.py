@@ -63,7 +63,11 @@ def pruned_counts(m: int, sparsity: float, rounds: int) -> list[int]:
     counts = []
     running = 0
     for t in range(1, rounds + 1):
-        n = final if t == rounds else math.floor(round((1.0 - (1.0 - sparsity) ** (t / rounds)) * m, 9))
+        n = (
+            final
+            if t == rounds
+            else math.floor(round((1.0 - (1.0 - sparsity) ** (t / rounds)) * m, 9))
+        )
         running = max(running, min(n, final))
         counts.append(running)
     return counts

@@ -1,5 +1,6 @@
 """Registered pruning criteria. Importing this package registers every built-in criterion."""
 
+from . import grasp, magnitude, ntksap, px, random, snip, synflow  # noqa: E402,F401  (registers them)
 from .base import (
     CRITERIA,
     Context,
@@ -12,7 +13,6 @@ from .base import (
     option_names,
     register_criterion,
 )
-from . import grasp, magnitude, ntksap, px, random, snip, synflow  # noqa: E402,F401  (registers them)
 
 __all__ = [
     "CRITERIA", "Context", "Criterion", "DataOptions", "InputSizeOptions", "NoOptions",

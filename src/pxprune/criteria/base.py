@@ -27,8 +27,10 @@ class DataOptions:
     micro_batch: int = 64
 
     def __post_init__(self) -> None:
-        if isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int) or (
-            self.micro_batch < 1
+        if (
+            isinstance(self.micro_batch, bool)
+            or not isinstance(self.micro_batch, int)
+            or (self.micro_batch < 1)
         ):
             raise ValueError(f"micro_batch must be a positive integer, got {self.micro_batch!r}")
 
@@ -42,8 +44,12 @@ class InputSizeOptions:
     def __post_init__(self) -> None:
         if self.input_size is not None:
             size = tuple(self.input_size)
-            if not size or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
-                raise ValueError(f"input_size must be a tuple of positive ints like (3, 32, 32), got {self.input_size!r}")
+            if not size or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size
+            ):
+                raise ValueError(
+                    f"input_size must be a tuple of positive ints like (3, 32, 32), got {self.input_size!r}"
+                )
             object.__setattr__(self, "input_size", size)
 
 
@@ -72,7 +78,9 @@ class Context:
             )
         return self.batches.first_shape()
 
-    def masked(self, mask: Mapping[str, torch.Tensor], *, grad: bool = False) -> dict[str, torch.Tensor]:
+    def masked(
+        self, mask: Mapping[str, torch.Tensor], *, grad: bool = False
+    ) -> dict[str, torch.Tensor]:
         """theta * M for every scored weight (leaves requiring grad when ``grad``)."""
         out = {}
         for n, p in self.params.items():

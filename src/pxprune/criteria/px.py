@@ -90,8 +90,10 @@ class PXOptions:
             object.__setattr__(self, "dtype", names[self.dtype])
         if self.dtype not in _DTYPES:
             raise ValueError(f"px: dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if isinstance(self.micro_batch, bool) or not isinstance(self.micro_batch, int) or (
-            self.micro_batch < 1
+        if (
+            isinstance(self.micro_batch, bool)
+            or not isinstance(self.micro_batch, int)
+            or (self.micro_batch < 1)
         ):
             raise ValueError(f"micro_batch must be a positive integer, got {self.micro_batch!r}")
 
@@ -141,9 +143,11 @@ class PX(Criterion):
         real = {n: w for n, w in self.weights.items()}
         self.ids = {id(t): n for n, t in real.items()}
         try:
-            with torch.no_grad(), substituted(model, {**self.base, **real}), PathMode(
-                CopySpec(), weight_names=self.ids
-            ) as mode:
+            with (
+                torch.no_grad(),
+                substituted(model, {**self.base, **real}),
+                PathMode(CopySpec(), weight_names=self.ids) as mode,
+            ):
                 model(probe)
         except (RuntimeError, ValueError, IndexError) as err:
             raise ValueError(
@@ -199,10 +203,24 @@ class PX(Criterion):
     def _spec(self, kind: str) -> CopySpec:
         bn = "batch" if self.options.bn == "train" else "linear"
         if kind == "data":
-            return CopySpec(activation="replay", maxpool="gather", bn=bn, bn_power=0,
-                            coef_power=0, drop_bias=True, scaling="exp")
-        return CopySpec(activation="identity", maxpool="sum", bn=bn, bn_power=2, coef_power=2,
-                        drop_bias=True, scaling="exp")
+            return CopySpec(
+                activation="replay",
+                maxpool="gather",
+                bn=bn,
+                bn_power=0,
+                coef_power=0,
+                drop_bias=True,
+                scaling="exp",
+            )
+        return CopySpec(
+            activation="identity",
+            maxpool="sum",
+            bn=bn,
+            bn_power=2,
+            coef_power=2,
+            drop_bias=True,
+            scaling="exp",
+        )
 
     def data_term(self, ctx: Context, mf: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Z1 = sum_n z1[n] (one sample's output shape), divided by its largest magnitude."""
@@ -219,9 +237,12 @@ class PX(Criterion):
             with torch.no_grad():
                 with substituted(model, {**self.base, **real}), PathMode(REAL, gates=gates):
                     model(x)
-                with substituted(model, {**self.base, **data}), PathMode(
-                    self._spec("data"), gates=gates, keep_bias=keep, warn=self.warn
-                ) as mode:
+                with (
+                    substituted(model, {**self.base, **data}),
+                    PathMode(
+                        self._spec("data"), gates=gates, keep_bias=keep, warn=self.warn
+                    ) as mode,
+                ):
                     out = output_tensor(model(mode.track(x * x)))
                     mode.finish()
                     z, e = out.sum(0), mode.exponent(out)
@@ -246,9 +267,11 @@ class PX(Criterion):
         keep = frozenset({self.classifier}) if self.classifier else frozenset()
         n_ones = 2 if self.options.bn == "train" else 1
         ones = torch.ones((n_ones, *self.shape), dtype=self.dtype, device=ctx.device)
-        with torch.enable_grad(), substituted(model, {**self.base, **weight}), PathMode(
-            self._spec("weight"), keep_bias=keep, warn=self.warn
-        ) as mode:
+        with (
+            torch.enable_grad(),
+            substituted(model, {**self.base, **weight}),
+            PathMode(self._spec("weight"), keep_bias=keep, warn=self.warn) as mode,
+        ):
             z2 = output_tensor(model(mode.track(ones)))[0]
         with torch.enable_grad():
             r = (z1 * z2).sum()
