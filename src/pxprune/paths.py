@@ -614,8 +614,9 @@ class PathMode(TorchFunctionMode):
         else:
             rv = b["running_var"]
             if rv is None:
-                raise NotImplementedError(
-                    "BatchNorm without running statistics has no eval form; use bn='train'"
+                raise ValueError(
+                    "a BatchNorm without running statistics (track_running_stats=False) has no "
+                    "eval form: give the model running statistics, or use px with bn='train'"
                 )
             scale = torch.rsqrt(rv.to(x.dtype) + b["eps"])
             if b["weight"] is not None:
