@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ._io import atomic_save
 from .selection import canonical_name, prunable_modules, unwrap
 
 FORMAT = "pxprune.mask"
@@ -35,26 +35,6 @@ def _is_masked(module: nn.Module) -> bool:
     if not parametrize.is_parametrized(module, "weight"):
         return False
     return any(isinstance(p, MaskParametrization) for p in module.parametrizations["weight"])
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def state_hash(model: nn.Module, names: list[str] | None = None) -> str:

@@ -8,10 +8,8 @@ Everything in a checkpoint loads with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._io import atomic_save
 from ..selection import canonical_name, unwrap
 
 FORMAT = "pxprune.checkpoint"
@@ -63,32 +62,6 @@ def load_plain_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> N
     assert not result.unexpected_keys and all(_PARAM_BUFFER.search(k) for k in result.missing_keys)
 
 
-def umask() -> int:
-    """The process's file-creation mask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then an atomic rename; the file
-    gets the permissions ``open`` would give it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~umask())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def global_rng_state() -> dict[str, Any]:
     """torch (CPU and every CUDA device), numpy and Python ``random`` states, as plain data."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -104,7 +77,7 @@ def global_rng_state() -> dict[str, Any]:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` (from ``Trainer.state_dict``, plus anything plain) atomically."""
-    atomic_torch_save({"format": FORMAT, "version": FORMAT_VERSION, **state}, path)
+    atomic_save({"format": FORMAT, "version": FORMAT_VERSION, **state}, path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
