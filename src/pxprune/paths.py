@@ -650,36 +650,16 @@ class PathMode(TorchFunctionMode):
             },
         )
         x = b.pop("input")
-        summed = pool(x, **{**b, "divisor_override": 1}) if name != "avg_pool1d" else None
-        if name == "avg_pool1d":  # avg_pool1d has no divisor_override
-            summed = F.avg_pool2d(
-                x.unsqueeze(-2),
-                (1, _one(b["kernel_size"])),
-                (1, _one(b["stride"] or b["kernel_size"])),
-                (0, _one(b["padding"])),
-                b["ceil_mode"],
-                b["count_include_pad"],
-                1,
-            ).squeeze(-2)
+        window = (b["kernel_size"], b["stride"], b["padding"], b["ceil_mode"])
+        summed = _sum_pool(pool, x, *window)
         if self.spec.coef_power == 0:
             out = summed
         else:
+            # coefficient 1/divisor per output position: (average of ones) / (sum of ones)
             ones = torch.ones_like(x[:1, :1])
-            avg = pool(ones, **{k: v for k, v in b.items()})
-            real = (
-                pool(ones, **{**b, "divisor_override": 1})
-                if name != "avg_pool1d"
-                else F.avg_pool2d(
-                    ones.unsqueeze(-2),
-                    (1, _one(b["kernel_size"])),
-                    (1, _one(b["stride"] or b["kernel_size"])),
-                    (0, _one(b["padding"])),
-                    b["ceil_mode"],
-                    b["count_include_pad"],
-                    1,
-                ).squeeze(-2)
-            )
-            coef = avg / real  # 1 / divisor at each output position
+            if name == "avg_pool1d":  # avg_pool1d takes no divisor_override
+                b.pop("divisor_override")
+            coef = pool(ones, **b) / _sum_pool(pool, ones, *window)
             out = summed * coef**self.spec.coef_power
         return self._carry(x, out, growing=self.spec.coef_power == 0)
 
