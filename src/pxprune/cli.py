@@ -6,6 +6,9 @@ draws progress bars and configures logging.
     pxprune train --mask FILE [...]            train a saved mask from its theta_0
     pxprune eval  --run DIR                    test accuracy of a run folder's network
     pxprune demo  [--out runs/demo]            px, random and dense with the demo recipe
+    pxprune sweep --criteria LIST --sparsities LIST --seeds LIST --out DIR [--jobs N] [...]
+    pxprune report DIR                         tables and figures of a sweep
+    pxprune ntk   --run DIR | --mask FILE      the empirical NTK at initialisation
     pxprune list  criteria|models|datasets|recipes
 
 Every mistake a user can make ends with one line on stderr and exit status 2, before anything
@@ -278,6 +281,142 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from .experiment import DEFAULT_RECIPE, Flags, resolve_config
+    from .experiment.run import resolve_device
+    from .experiment.sweep import make_sweep, prepare, record_failures, run_sweep
+
+    if args.jobs < 1:
+        from .experiment import UserError
+
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    base = resolve_config(args.recipe, _sets(args), Flags(rounds=args.rounds, epochs=args.epochs))
+    sweep = make_sweep(base, args.out, criteria=args.criteria, sparsities=args.sparsities,
+                       seeds=args.seeds, run_options={
+                           "recipe": args.recipe or DEFAULT_RECIPE, "set": _sets(args),
+                           "rounds": args.rounds, "epochs": args.epochs})
+    device = resolve_device(args.device)
+    plans = prepare(sweep)
+    runs = [run for run, _ in plans]
+    before = sum(p.state == "finished" for _, p in plans)
+    todo = len(runs) - before
+    _note(args, f"sweep {sweep.out}: {len(runs)} runs, {before} already finished, {todo} to "
+                f"do" + (f" in {min(args.jobs, todo)} processes" if args.jobs > 1 and todo > 1
+                         else ""))
+    started = [0]
+    ended = [0]
+
+    def on_start(run) -> None:
+        started[0] += 1
+        if args.jobs == 1:
+            _note(args, f"sweep {started[0]}/{todo}: {run.name} -> {run.out}")
+
+    def on_end(outcome) -> None:
+        ended[0] += 1
+        name = outcome.run.name
+        if outcome.status == "done":
+            acc = (outcome.metrics or {}).get("test_acc")
+            acc_text = f"test_acc {acc:.4f}, " if isinstance(acc, float) else ""
+            _note(args, f"sweep [{ended[0]}/{todo}] {name}: done ({acc_text}"
+                        f"{outcome.seconds:.0f} s)")
+        elif outcome.status == "failed":
+            _note(args, f"sweep [{ended[0]}/{todo}] {name}: FAILED: {outcome.message}")
+        elif outcome.status == "locked":
+            _note(args, f"sweep [{ended[0]}/{todo}] {name}: skipped, another process runs it "
+                        f"({outcome.message})")
+        else:
+            _note(args, f"sweep [{ended[0]}/{todo}] {name}: already finished")
+
+    start = time.perf_counter()
+    result = run_sweep(runs, jobs=args.jobs, device=device,
+                       observer=lambda run: _observer(args, run.name, run.out),
+                       on_start=on_start, on_end=on_end)
+    failed, locked = result.where("failed"), result.where("locked")
+    done = result.where("done")
+    print(sweep.out)
+    print(_table(["runs", "finished before", "done now", "failed", "run elsewhere", "seconds"],
+                 [[len(runs), len(runs) - len(done) - len(failed) - len(locked), len(done),
+                   len(failed), len(locked), f"{time.perf_counter() - start:.0f}"]]))
+    if failed:
+        log_file = record_failures(sweep.out, failed)
+        print(f"pxprune: sweep: {len(failed)} run(s) failed (tracebacks in {log_file}); "
+              "run the same command again to retry them:", file=sys.stderr)
+        for o in failed:
+            print(f"  {o.run.name}: {o.message}", file=sys.stderr)
+    if locked:
+        print(f"pxprune: sweep: {len(locked)} run(s) are held by another process; run the same "
+              "command again when it ends:", file=sys.stderr)
+        for o in locked:
+            print(f"  {o.run.name} ({o.message})", file=sys.stderr)
+    if not failed and not locked:
+        _note(args, f"next: pxprune report {sweep.out}")
+    return 0 if result.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .experiment.report import write_report
+
+    out = write_report(args.dir, layers=args.layers, reference=args.reference,
+                       plots=not args.no_plots)
+    print(out.summary, end="")
+    for note in out.notes:
+        _note(args, f"pxprune: report: {note}")
+    _note(args, f"wrote {len(out.files)} files to {Path(args.dir) / 'report'}: "
+                + ", ".join(p.name for p in out.files))
+    return 0
+
+
+def cmd_ntk(args: argparse.Namespace) -> int:
+    from .experiment import UserError
+    from .experiment.ntk import NTK_FILE, mask_ntk, run_ntk, write_ntk
+
+    options = dict(samples=args.samples, probes=args.probes, top=args.top,
+                   exact_limit=args.exact_limit, seed=args.probe_seed, device=args.device)
+    if args.run is not None:
+        if args.mask is not None or args.recipe is not None or args.set or args.seed is not None:
+            raise UserError("--run takes the model, mask and seed from the run folder; "
+                            "give --run DIR, or --mask FILE with --recipe/--set/--seed")
+        result = run_ntk(args.run, **options)
+        target = Path(args.json) if args.json else Path(args.run) / NTK_FILE
+    else:
+        if args.mask is None:
+            raise UserError("give --run DIR (a run folder) or --mask FILE (with --recipe)")
+        from .experiment import resolve_config
+
+        config = resolve_config(args.recipe, _sets(args))
+        result = mask_ntk(config, args.mask, run_seed=args.seed, **options)
+        target = Path(args.json) if args.json else None
+    if target is not None:
+        write_ntk(target, result)
+    label = result["criterion"]
+    fraction = result["trace_fraction"]
+    trace = f"{result['masked_trace']:.6g}"
+    if result["method"] != "exact":
+        trace += f" ± {result['masked_trace_stderr']:.2g}"
+    print(_table(
+        ["run", "method", "samples", "outputs", "density", "dense trace", "masked trace",
+         "fraction"],
+        [[label, result["method"] + (f" ({result['probes']} probes)" if result["probes"]
+                                     else ""),
+          result["n_samples"], result["n_outputs"], result["density"],
+          f"{result['dense_trace']:.6g}", trace,
+          "-" if fraction is None else f"{fraction:.4g}"]]))
+    top = max(len(result["dense_top_eigenvalues"]), len(result["masked_top_eigenvalues"]))
+    rows = []
+    for i in range(top):
+        d = result["dense_top_eigenvalues"][i:i + 1]
+        m = result["masked_top_eigenvalues"][i:i + 1]
+        rows.append([i + 1, f"{d[0]:.6g}" if d and d[0] is not None else "-",
+                     f"{m[0]:.6g}" if m and m[0] is not None else "-"])
+    print()
+    print(_table(["eigenvalue", "dense", "masked"], rows))
+    if target is not None:
+        _note(args, f"wrote {target}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "criteria":
         from .api import list_criteria
@@ -306,15 +445,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ parser
-def _add_common(p: argparse.ArgumentParser, *, recipe_default: str | None = None) -> None:
+def _add_common(p: argparse.ArgumentParser, *, recipe_default: str | None = None,
+                seed: bool = True, epochs: bool = True) -> None:
     p.add_argument("--recipe", default=recipe_default, metavar="NAME|FILE",
                    help="a shipped recipe (pxprune list recipes) or a YAML file "
                         f"(default: {recipe_default or 'demo'})")
     p.add_argument("--set", action="append", nargs="+", metavar="KEY=VALUE",
                    help="override configuration keys, e.g. --set train.lr=0.05 data.root=data "
                         "(YAML values; repeatable; later ones win)")
-    p.add_argument("--seed", type=int, metavar="K", help="the run seed")
-    p.add_argument("--epochs", type=int, metavar="E", help="training epochs")
+    if seed:
+        p.add_argument("--seed", type=int, metavar="K", help="the run seed")
+    if epochs:
+        p.add_argument("--epochs", type=int, metavar="E", help="training epochs")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 
@@ -369,6 +511,54 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the rows (default: px,random,dense)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="default: runs/demo")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="a grid of runs: criteria x sparsities x seeds, plus dense")
+    _add_common(p, seed=False)
+    p.add_argument("--criteria", metavar="LIST",
+                   help="criterion specs, e.g. px,snip,px[classifier=signed],px+shuffled "
+                        "(default: px,snip,grasp,synflow,synflow_l2,ntksap,magnitude,random)")
+    p.add_argument("--sparsities", metavar="LIST",
+                   help="sparsities in (0, 1) (default: the paper's 0.36,0.5904,0.7379,0.8322,"
+                        "0.8926,0.9313,0.956,0.9719,0.982)")
+    p.add_argument("--seeds", metavar="LIST", help="run seeds (default: 0,1,2)")
+    p.add_argument("--rounds", type=int, metavar="T",
+                   help="pruning rounds for every criterion (default: each criterion's own)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the sweep folder: DIR/<criterion>/<sparsity>/seed<k>/ and sweep.json")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="runs at once in N worker processes, each with cores // N threads "
+                        "(default: 1, in this process)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="tables and figures of a sweep folder")
+    p.add_argument("dir", metavar="DIR", help="a sweep folder (pxprune sweep --out DIR)")
+    p.add_argument("--layers", nargs="+", metavar="RUN",
+                   help="runs whose per-layer density to plot, e.g. px/0.982/seed0 "
+                        "(default: every criterion at the highest sparsity, seed 0)")
+    p.add_argument("--reference", default="px", metavar="LABEL",
+                   help="the criterion whose mask the others are compared with (default: px)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--quiet", action="store_true", help="no notes")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ntk", help="the empirical NTK at initialisation, dense and masked")
+    p.add_argument("--run", metavar="DIR", help="a pruned run folder (init.pt, mask.pt, "
+                                                "split.json)")
+    p.add_argument("--mask", metavar="FILE", help="a mask.pt (with --recipe/--set/--seed)")
+    _add_common(p, epochs=False)
+    p.add_argument("--json", metavar="FILE",
+                   help="where to write the JSON (default for --run: DIR/ntk.json)")
+    p.add_argument("--samples", type=int, default=100, metavar="N",
+                   help="inputs from the pruning split, balanced over classes (default: 100)")
+    p.add_argument("--probes", type=int, default=64, metavar="P",
+                   help="Hutchinson probes when the exact NTK is too large (default: 64)")
+    p.add_argument("--top", type=int, default=10, metavar="K",
+                   help="top eigenvalues (default: 10)")
+    p.add_argument("--exact-limit", type=float, default=5e8, metavar="X",
+                   help="exact when samples x outputs x parameters <= X (default: 5e8)")
+    p.add_argument("--probe-seed", type=int, default=0, metavar="K",
+                   help="seed of the Hutchinson probes (default: 0)")
+    p.set_defaults(func=cmd_ntk)
 
     p = sub.add_parser("list", help="registered names")
     p.add_argument("what", choices=["criteria", "models", "datasets", "recipes"])

@@ -1,0 +1,626 @@
+"""The report of a sweep folder: tables of mean +- std over seeds, figures, NTK numbers (issue 5).
+
+Reads only what the runs wrote (CONTRACTS.md section 5): ``metrics.json`` (test accuracy, pruning
+time), ``mask.pt`` (overlap with the reference criterion's mask at the same seed and sparsity),
+``layers.csv`` and ``prune_history.csv`` (per-layer density, the round a layer emptied) and
+``ntk.json`` (``pxprune ntk``). The grid comes from ``sweep.json``; without one it is inferred
+from the run folders found. Every cell of the grid that lacks a finished run is flagged in the
+table, the CSV and the list of missing runs, never dropped. Writes ``<sweep>/report/``:
+``report.md``, ``report.csv`` and PNG figures (when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .files import atomic_write_text, read_csv, read_json, write_csv
+from .run import LAYERS, MASK, METRICS, PRUNE_HISTORY
+from .spec import DENSE, sparsity_label
+from .sweep import DEFAULT_CRITERIA, LOCK_DIR, SWEEP_FILE, read_sweep_file
+
+log = logging.getLogger("pxprune")
+
+REPORT_DIR = "report"
+NTK_FILE = "ntk.json"
+CSV_COLUMNS = ("criterion", "sparsity", "mean", "std", "n", "expected", "missing",
+               "missing_runs", "effective_density", "prune_seconds", "ntk_trace_fraction",
+               "ntk_n", "overlap")
+_SEED = re.compile(r"^seed(\d+)$")
+
+
+# ------------------------------------------------------------------------------ reading
+@dataclasses.dataclass
+class RunRecord:
+    """One run folder of the sweep (``status``: finished, unfinished, absent or unreadable)."""
+
+    criterion: str
+    sparsity: str
+    seed: int
+    path: Path
+    status: str
+    metrics: dict[str, Any] | None = None
+    ntk: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.criterion}/{self.sparsity}/seed{self.seed}"
+
+    @property
+    def reason(self) -> str:
+        return {"absent": "not started", "unfinished": "unfinished: no metrics.json",
+                "unreadable": "unreadable metrics.json"}.get(self.status, self.status)
+
+
+@dataclasses.dataclass
+class Cell:
+    """The runs of one criterion at one sparsity: finished ones and the missing expected ones."""
+
+    criterion: str
+    sparsity: str
+    expected: int
+    runs: list[RunRecord]
+    missing: list[RunRecord]
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def stats(self, key: str) -> tuple[float | None, float | None, int]:
+        return mean_std([_number((r.metrics or {}).get(key)) for r in self.runs])
+
+    def ntk_stats(self) -> tuple[float | None, float | None, int]:
+        values = [_number(r.ntk.get("trace_fraction")) for r in self.runs_with_ntk]
+        return mean_std(values)
+
+    runs_with_ntk: list[RunRecord] = dataclasses.field(default_factory=list)
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (ddof 1; None for fewer than two values) and count of
+    the values that are numbers."""
+    good = [v for v in values if v is not None]
+    if not good:
+        return None, None, 0
+    mean = sum(good) / len(good)
+    if len(good) < 2:
+        return mean, None, len(good)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in good) / (len(good) - 1)), len(good)
+
+
+def _is_sparsity(name: str) -> bool:
+    try:
+        s = float(name)
+    except ValueError:
+        return False
+    return 0.0 <= s < 1.0 and sparsity_label(s) == name
+
+
+@dataclasses.dataclass
+class SweepData:
+    """Everything found in a sweep folder, arranged by the grid."""
+
+    out: Path
+    criteria: list[str]
+    sparsities: list[str]
+    seeds: list[int]
+    records: dict[tuple[str, str, int], RunRecord]
+    grid: set[tuple[str, str]]
+    from_file: bool
+
+    def cell(self, criterion: str, sparsity: str) -> Cell:
+        expected = self.seeds if (criterion, sparsity) in self.grid else []
+        found = sorted((r for (c, s, _), r in self.records.items()
+                        if c == criterion and s == sparsity), key=lambda r: r.seed)
+        runs = [r for r in found if r.status == "finished"]
+        done = {r.seed for r in runs}
+        missing = []
+        for seed in expected:
+            if seed in done:
+                continue
+            record = self.records.get((criterion, sparsity, seed))
+            missing.append(record or RunRecord(criterion, sparsity, seed,
+                                               self.out / criterion / sparsity / f"seed{seed}",
+                                               "absent"))
+        cell = Cell(criterion, sparsity, len(expected) or len(found), runs, missing)
+        cell.runs_with_ntk = [r for r in found if r.ntk is not None]
+        return cell
+
+    def dense(self) -> Cell:
+        return self.cell(DENSE, "0")
+
+    def run(self, criterion: str, sparsity: str, seed: int) -> RunRecord | None:
+        return self.records.get((criterion, sparsity, seed))
+
+
+def _read_record(criterion: str, sparsity: str, seed: int, path: Path) -> RunRecord:
+    record = RunRecord(criterion, sparsity, seed, path, "unfinished")
+    if (path / METRICS).is_file():
+        try:
+            metrics = read_json(path / METRICS)
+            if not isinstance(metrics, dict) or _number(metrics.get("test_acc")) is None:
+                raise ValueError("no test_acc")
+            record.metrics, record.status = metrics, "finished"
+        except (OSError, ValueError):
+            record.status = "unreadable"
+    if (path / NTK_FILE).is_file():
+        try:
+            ntk = read_json(path / NTK_FILE)
+            if isinstance(ntk, dict):
+                record.ntk = ntk
+        except (OSError, ValueError):
+            log.warning("%s is unreadable; left out of the NTK table", path / NTK_FILE)
+    return record
+
+
+def _order(label: str) -> tuple[int, str]:
+    base = re.split(r"--|\+", label)[0]
+    rank = DEFAULT_CRITERIA.index(base) if base in DEFAULT_CRITERIA else len(DEFAULT_CRITERIA)
+    return rank, label
+
+
+def collect(out: str | Path) -> SweepData:
+    """Read a sweep folder (``sweep.json`` and every ``<criterion>/<sparsity>/seed<k>/``)."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"no sweep folder at {out}")
+    spec = read_sweep_file(out)
+    records: dict[tuple[str, str, int], RunRecord] = {}
+    for crit_dir in sorted(out.iterdir()):
+        if not crit_dir.is_dir() or crit_dir.name.startswith(".") or crit_dir.name in (
+                REPORT_DIR, LOCK_DIR):
+            continue
+        for s_dir in sorted(crit_dir.iterdir()):
+            if not s_dir.is_dir() or not _is_sparsity(s_dir.name):
+                continue
+            for seed_dir in sorted(s_dir.iterdir()):
+                match = _SEED.match(seed_dir.name)
+                if not seed_dir.is_dir() or not match:
+                    continue
+                key = (crit_dir.name, s_dir.name, int(match.group(1)))
+                records[key] = _read_record(*key, seed_dir)
+    found_criteria = sorted({c for c, _, _ in records if c != DENSE}, key=_order)
+    found_sparsities = sorted({s for c, s, _ in records if c != DENSE}, key=float)
+    if spec is not None:
+        criteria = [str(c) for c in spec["criteria"]]
+        sparsities = sorted((sparsity_label(float(s)) for s in spec["sparsities"]), key=float)
+        seeds = sorted(int(k) for k in spec["seeds"])
+        grid = {(c, s) for c in criteria for s in sparsities} | {(DENSE, "0")}
+        criteria += [c for c in found_criteria if c not in criteria]
+        sparsities = sorted(set(sparsities) | set(found_sparsities), key=float)
+    else:
+        if not records:
+            raise UserError(f"{out} holds no {SWEEP_FILE} and no run folders "
+                            "(<criterion>/<sparsity>/seed<k>/); give a sweep folder")
+        criteria, sparsities = found_criteria, found_sparsities
+        seeds = sorted({k for _, _, k in records})
+        grid = {(c, s) for c in criteria for s in sparsities} | {(DENSE, "0")}
+    return SweepData(out=out, criteria=criteria, sparsities=sparsities, seeds=seeds,
+                     records=records, grid=grid, from_file=spec is not None)
+
+
+# ------------------------------------------------------------------------------ per-run files
+def read_layers(path: Path) -> list[dict[str, Any]]:
+    """``layers.csv`` rows with numbers and booleans parsed."""
+    rows = []
+    for row in read_csv(path / LAYERS):
+        rows.append({"name": row["name"], "density": _number(row.get("density")),
+                     "effective_density": _number(row.get("effective_density")),
+                     "kept": int(float(row.get("kept") or 0)),
+                     "empty": str(row.get("empty", "")).lower() in ("true", "1")})
+    return rows
+
+
+def emptied_rounds(path: Path) -> dict[str, int]:
+    """Layer -> the first pruning round after which it kept no weight (prune_history.csv)."""
+    file = path / PRUNE_HISTORY
+    if not file.is_file():
+        return {}
+    rounds: dict[str, int] = {}
+    for row in read_csv(file):
+        try:
+            r = int(row["round"])
+        except (KeyError, ValueError):
+            continue
+        for name, value in row.items():
+            if name == "round" or name in rounds:
+                continue
+            try:
+                if int(float(value)) == 0:
+                    rounds[name] = r
+            except (TypeError, ValueError):
+                continue
+    return rounds
+
+
+def _overlaps(data: SweepData, reference: str) -> dict[tuple[str, str], list[float]]:
+    """(criterion, sparsity) -> the shared overlap with ``reference``'s mask, one per seed
+    where both masks exist."""
+    from ..masks import Mask, overlap
+
+    result: dict[tuple[str, str], list[float]] = {}
+
+    def read(path: Path) -> Any:
+        try:
+            return Mask.load(path / MASK) if (path / MASK).is_file() else None
+        except (ValueError, OSError) as err:
+            log.warning("%s is unreadable (%s); left out of the overlap", path / MASK, err)
+            return None
+
+    # one (sparsity, seed) at a time, so at most two masks are in memory
+    cells: dict[tuple[str, int], list[RunRecord]] = {}
+    for (criterion, sparsity, seed), record in sorted(data.records.items()):
+        if criterion not in (reference, DENSE):
+            cells.setdefault((sparsity, seed), []).append(record)
+    for (sparsity, seed), records in cells.items():
+        ref = data.run(reference, sparsity, seed)
+        b = read(ref.path) if ref is not None else None
+        if b is None:
+            continue
+        for record in records:
+            a = read(record.path)
+            if a is None:
+                continue
+            try:
+                shared = overlap(a, b).shared
+            except ValueError as err:
+                log.warning("cannot compare %s with %s: %s", record.name, ref.name, err)
+                continue
+            result.setdefault((record.criterion, sparsity), []).append(shared)
+    return result
+
+
+# ------------------------------------------------------------------------------ formatting
+def _pct(value: float | None, digits: int = 2, *, significant: bool = False) -> str:
+    if value is None:
+        return "—"
+    if significant:  # NTK fractions span orders of magnitude
+        return f"{100.0 * value:.{digits + 1}g}"
+    return f"{100.0 * value:.{digits}f}"
+
+
+def _cell_text(mean: float | None, std: float | None, n: int, expected: int,
+               bold: bool = False, significant: bool = False) -> str:
+    if n == 0:
+        return "—"
+    m = _pct(mean, significant=significant)
+    text = m if std is None else f"{m} ± {_pct(std, significant=significant)}"
+    if bold:
+        text = f"**{text}**"
+    count = f"n={n}" if expected <= n else f"n={n} of {expected}"
+    return f"{text} ({count})"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "| --- |" + " ---: |" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def accuracy_table(data: SweepData) -> str:
+    """Rows: the dense run, then each criterion label; columns: sparsity 0 (dense only) and
+    every sparsity of the grid; cells: mean ± std of the test accuracy in % (n seeds)."""
+    header = ["criterion", "0 (dense)", *data.sparsities]
+    dense = data.dense()
+    d_mean, d_std, _ = dense.stats("test_acc")
+    rows = [[DENSE, _cell_text(d_mean, d_std, dense.n, dense.expected),
+             *([""] * len(data.sparsities))]]
+    best: dict[str, float] = {}
+    cells = {(c, s): data.cell(c, s) for c in data.criteria for s in data.sparsities}
+    for (_, s), cell in cells.items():
+        mean = cell.stats("test_acc")[0]
+        if mean is not None and mean > best.get(s, -math.inf):
+            best[s] = mean
+    for c in data.criteria:
+        row = [c, ""]
+        for s in data.sparsities:
+            cell = cells[(c, s)]
+            mean, std, _ = cell.stats("test_acc")
+            if cell.n == 0 and (c, s) not in data.grid:
+                row.append("")
+                continue
+            row.append(_cell_text(mean, std, cell.n, cell.expected,
+                                  bold=mean is not None and mean == best.get(s)))
+        rows.append(row)
+    return _table(header, rows)
+
+
+def missing_runs(data: SweepData) -> list[RunRecord]:
+    """Every expected run without a finished metrics.json, dense first."""
+    missing = list(data.dense().missing)
+    for c in data.criteria:
+        for s in data.sparsities:
+            missing += data.cell(c, s).missing
+    return missing
+
+
+def _grid_note(data: SweepData) -> str:
+    total = len(data.seeds) * (1 + sum(
+        (c, s) in data.grid for c in data.criteria for s in data.sparsities))
+    source = SWEEP_FILE if data.from_file else "the run folders found (no sweep.json)"
+    return (f"Grid from {source}: {len(data.criteria)} criteria x {len(data.sparsities)} "
+            f"sparsities x {len(data.seeds)} seeds (seeds {', '.join(map(str, data.seeds))}) "
+            f"plus a dense run per seed: {total} runs.")
+
+
+def summary(data: SweepData) -> str:
+    """The accuracy table with its caption and the list of missing runs (what the CLI prints)."""
+    missing = missing_runs(data)
+    parts = ["## Test accuracy (%)", "",
+             "Mean ± std (sample std, ddof 1) over seeds; n = finished runs in the cell. "
+             "The best mean per sparsity is in bold; — marks a cell without a finished run.",
+             "", _grid_note(data), "", accuracy_table(data), ""]
+    if missing:
+        parts.append(f"**Missing runs ({len(missing)})** — flagged in the table and "
+                     f"report.csv:")
+        parts.append("")
+        parts += [f"- `{r.name}` ({r.reason})" for r in missing]
+    else:
+        parts.append("All runs of the grid are finished.")
+    return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------------ the report
+@dataclasses.dataclass
+class ReportOutput:
+    """What :func:`write_report` produced: the summary (accuracy table and missing runs), the
+    whole report.md, the files written and notes (plots left out and why)."""
+
+    summary: str
+    markdown: str
+    files: list[Path]
+    notes: list[str]
+    missing: list[str]
+
+
+def default_layer_runs(data: SweepData) -> list[RunRecord]:
+    """Each criterion at the highest sparsity of the grid with the lowest seed (seed 0)."""
+    if not data.sparsities or not data.seeds:
+        return []
+    top = max(data.sparsities, key=float)
+    seed = min(data.seeds)
+    chosen = []
+    for c in data.criteria:
+        chosen.append(data.run(c, top, seed) or RunRecord(
+            c, top, seed, data.out / c / top / f"seed{seed}", "absent"))
+    return chosen
+
+
+def _resolve_layer_runs(data: SweepData, names: Sequence[str]) -> list[RunRecord]:
+    chosen = []
+    for name in names:
+        path = Path(name)
+        if not path.is_absolute():
+            path = data.out / name
+        found = next((r for r in data.records.values()
+                      if r.path.resolve() == path.resolve()), None)
+        if found is None:
+            raise UserError(f"--layers {name}: no run folder <criterion>/<sparsity>/seed<k> "
+                            f"there in {data.out}")
+        chosen.append(found)
+    return chosen
+
+
+def write_report(out: str | Path, *, layers: Sequence[str] | None = None,
+                 reference: str = "px", plots: bool = True) -> ReportOutput:
+    """Aggregate the sweep in ``out`` and write ``out/report/``: report.md, report.csv and the
+    figures (accuracy vs sparsity, linear and log; per-layer density of the ``layers`` runs,
+    default :func:`default_layer_runs`; pruning time; overlap with ``reference``; NTK trace)."""
+    data = collect(out)
+    layer_runs = (_resolve_layer_runs(data, layers) if layers else default_layer_runs(data))
+    folder = data.out / REPORT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    files: list[Path] = []
+
+    cells = {(c, s): data.cell(c, s) for c in data.criteria for s in data.sparsities}
+    dense = data.dense()
+    overlaps = _overlaps(data, reference) if reference in data.criteria else {}
+    has_ntk = any(r.ntk is not None for r in data.records.values())
+
+    # --- report.csv: one row per criterion x sparsity (and the dense cell)
+    csv_rows = []
+    for cell in [dense, *cells.values()]:
+        if cell.n == 0 and not cell.missing:
+            continue  # outside the grid and never run
+        mean, std, _ = cell.stats("test_acc")
+        eff = cell.stats("effective_density")[0]
+        secs = cell.stats("prune_seconds")[0]
+        ntk_mean, _, ntk_n = cell.ntk_stats()
+        ov = mean_std(overlaps.get((cell.criterion, cell.sparsity), []))[0]
+        csv_rows.append([cell.criterion, float(cell.sparsity), mean, std, cell.n, cell.expected,
+                         len(cell.missing), " ".join(r.name for r in cell.missing), eff, secs,
+                         ntk_mean, ntk_n, ov])
+    write_csv(folder / "report.csv", CSV_COLUMNS, csv_rows)
+    files.append(folder / "report.csv")
+
+    # --- figures
+    figures: dict[str, Path] = {}
+    layer_figures: list[tuple[RunRecord, Path | None, str]] = []
+    plot_mod = None
+    if plots:
+        try:
+            from ..analysis import plots as plot_mod
+        except ImportError:
+            notes.append("no figures: matplotlib is not installed (pip install pxprune[plots])")
+    if plot_mod is not None:
+        figures.update(_accuracy_figures(plot_mod, data, cells, dense, folder, notes))
+        if has_ntk:
+            figures.update(_ntk_figure(plot_mod, data, cells, folder, notes))
+        timing = [{"criterion": r.criterion, "seconds": r.metrics["prune_seconds"]}
+                  for r in data.records.values()
+                  if r.status == "finished" and r.criterion != DENSE
+                  and _number(r.metrics.get("prune_seconds")) is not None]
+        if timing:
+            figures["prune_time"] = plot_mod.prune_time(timing, folder / "prune_time.png")
+        else:
+            notes.append("no pruning-time figure: no finished pruned run yet")
+        overlap_rows = [{"criterion": c, "sparsity": float(s), "overlap": v}
+                        for (c, s), values in overlaps.items() for v in values]
+        if overlap_rows:
+            figures["overlap"] = plot_mod.overlap_with(
+                overlap_rows, folder / f"overlap_with_{reference}.png", reference=reference)
+        elif reference not in data.criteria:
+            notes.append(f"no overlap figure: the sweep has no {reference!r} runs")
+        else:
+            notes.append(f"no overlap figure: no pair of masks with {reference!r} yet")
+    for record in layer_runs:
+        layer_figures.append(_layer_figure(plot_mod, record, folder))
+    files += list(figures.values()) + [p for _, p, _ in layer_figures if p is not None]
+
+    # --- report.md
+    text = _markdown(data, cells, dense, overlaps, has_ntk, reference, figures, layer_figures,
+                     notes)
+    atomic_write_text(folder / "report.md", text)
+    files.insert(0, folder / "report.md")
+    return ReportOutput(summary=summary(data), markdown=text, files=files, notes=notes,
+                        missing=[r.name for r in missing_runs(data)])
+
+
+def _accuracy_figures(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, str], Cell],
+                      dense: Cell, folder: Path, notes: list[str]) -> dict[str, Path]:
+    rows = []
+    for (c, s), cell in cells.items():
+        if cell.n == 0 and not cell.missing:
+            continue
+        mean, std, _ = cell.stats("test_acc")
+        rows.append({"criterion": c, "sparsity": float(s), "mean": mean, "std": std,
+                     "n": cell.n})
+    if not any(r["n"] for r in rows):
+        notes.append("no accuracy figure: no finished pruned run yet")
+        return {}
+    d_mean, d_std, _ = dense.stats("test_acc")
+    dense_arg = {"mean": d_mean, "std": d_std, "n": dense.n} if dense.n else None
+    return {
+        "accuracy": plot_mod.accuracy_vs_sparsity(
+            rows, folder / "accuracy_vs_sparsity.png", dense=dense_arg),
+        "accuracy_log": plot_mod.accuracy_vs_sparsity(
+            rows, folder / "accuracy_vs_sparsity_log.png", dense=dense_arg, log_scale=True,
+            title="Test accuracy vs sparsity (log scale of density)"),
+    }
+
+
+def _ntk_figure(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, str], Cell],
+                folder: Path, notes: list[str]) -> dict[str, Path]:
+    rows = []
+    for (c, s), cell in cells.items():
+        mean, std, n = cell.ntk_stats()
+        if n:
+            rows.append({"criterion": c, "sparsity": float(s), "mean": mean, "std": std, "n": n})
+    if not rows:
+        notes.append("no NTK figure: ntk.json only in dense runs")
+        return {}
+    return {"ntk": plot_mod.accuracy_vs_sparsity(
+        rows, folder / "ntk_trace_fraction.png", title="NTK trace kept by the mask",
+        metric="fraction of the dense NTK trace")}
+
+
+def _layer_figure(plot_mod: Any, record: RunRecord,
+                  folder: Path) -> tuple[RunRecord, Path | None, str]:
+    """(run, its figure or None, a line for report.md)."""
+    if not (record.path / LAYERS).is_file():
+        return record, None, f"`{record.name}`: no layers.csv (not pruned yet)"
+    try:
+        rows = read_layers(record.path)
+    except (OSError, KeyError, ValueError) as err:
+        return record, None, f"`{record.name}`: layers.csv is unreadable ({err})"
+    rounds = emptied_rounds(record.path)
+    empty = [r["name"] for r in rows if r["empty"]]
+    described = [f"{n} (round {rounds[n]})" if n in rounds else f"{n} (no effective weight)"
+                 for n in empty]
+    kept = sum(r["kept"] for r in rows)
+    line = (f"`{record.name}`: {len(rows)} layers, {kept} weights kept; "
+            + (f"empty: {', '.join(described)}" if empty else "no empty layer"))
+    if plot_mod is None:
+        return record, None, line
+    name = f"layers_{record.criterion}_{record.sparsity}_seed{record.seed}.png"
+    path = plot_mod.layer_density(
+        rows, folder / name, empty_round=rounds, log_scale=True,
+        title=f"Per-layer density: {record.criterion} at sparsity {record.sparsity}, "
+              f"seed {record.seed}")
+    return record, path, line
+
+
+def _markdown(data: SweepData, cells: Mapping[tuple[str, str], Cell], dense: Cell,
+              overlaps: Mapping[tuple[str, str], list[float]], has_ntk: bool, reference: str,
+              figures: Mapping[str, Path], layer_figures: Sequence[tuple[RunRecord, Path | None,
+                                                                          str]],
+              notes: Sequence[str]) -> str:
+    parts = [f"# Sweep report: {data.out}", "", summary(data)]
+    if "accuracy" in figures:
+        parts += ["", f"![test accuracy vs sparsity]({figures['accuracy'].name})", "",
+                  f"![test accuracy vs sparsity, log scale]({figures['accuracy_log'].name})"]
+
+    if has_ntk:
+        header = ["criterion", *data.sparsities]
+        rows = []
+        for c in data.criteria:
+            row = [c]
+            for s in data.sparsities:
+                mean, std, n = cells[(c, s)].ntk_stats()
+                row.append(_cell_text(mean, std, n, n, significant=True))
+            rows.append(row)
+        parts += ["", "## NTK trace kept (%)", "",
+                  "Trace of the masked empirical NTK at initialisation over the dense one "
+                  "(`pxprune ntk`), mean ± std over the seeds with an ntk.json.", "",
+                  _table(header, rows)]
+        if "ntk" in figures:
+            parts += ["", f"![NTK trace fraction]({figures['ntk'].name})"]
+
+    parts += ["", "## Pruning time (s)", ""]
+    timing_rows = []
+    for c in data.criteria:
+        values = [r.metrics.get("prune_seconds") for r in data.records.values()
+                  if r.criterion == c and r.status == "finished"]
+        mean, std, n = mean_std(_number(v) for v in values)
+        timing_rows.append([c, "—" if mean is None else f"{mean:.2f}",
+                            "" if std is None else f"{std:.2f}", str(n)])
+    parts.append(_table(["criterion", "mean", "std", "n"], timing_rows))
+    if "prune_time" in figures:
+        parts += ["", f"![pruning time]({figures['prune_time'].name})"]
+
+    if overlaps:
+        header = ["criterion", *data.sparsities]
+        rows = []
+        for c in data.criteria:
+            if c == reference:
+                continue
+            row = [c]
+            for s in data.sparsities:
+                mean, std, n = mean_std(overlaps.get((c, s), []))
+                row.append(_cell_text(mean, std, n, n))
+            rows.append(row)
+        parts += ["", f"## Overlap with {reference}'s mask (%)", "",
+                  "Weights kept by both masks over the kept weights of the smaller "
+                  "(`masks.overlap(...).shared`), same seed and sparsity; two independent "
+                  "masks of density d overlap by about d.", "", _table(header, rows)]
+        if "overlap" in figures:
+            parts += ["", f"![overlap with {reference}]({figures['overlap'].name})"]
+
+    if layer_figures:
+        parts += ["", "## Per-layer density", ""]
+        parts += [f"- {line}" for _, _, line in layer_figures]
+        for record, path, _ in layer_figures:
+            if path is not None:
+                parts += ["", f"![per-layer density of {record.name}]({path.name})"]
+
+    if notes:
+        parts += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(parts).rstrip() + "\n"

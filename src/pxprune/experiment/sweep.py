@@ -1,0 +1,554 @@
+"""Sweeps: a grid of ordinary run folders, re-enterable after a crash (CONTRACTS.md sections 5, 6).
+
+A sweep over criteria x sparsities x seeds writes ``<out>/<criterion label>/<sparsity>/seed<k>/``
+for every cell plus one dense run per seed (``<out>/dense/0/seed<k>/``), and ``<out>/sweep.json``
+(the grid and the run options). Each run is planned and executed by :mod:`.run`, so its skip and
+resume rules are the run's own: a folder with ``metrics.json`` is skipped, one with ``last.pt``
+resumes, one stopped while pruning prunes again. All criteria at one seed share theta_0, the
+pruning split and the data order because all three come from the seed's streams (section 4).
+
+Several worker processes (``jobs``) take runs from one queue; each run holds an exclusive
+``flock`` on ``<out>/.locks/<criterion>/<sparsity>/seed<k>.lock`` while it executes, so two sweeps
+started on the same folder never run the same cell twice. The kernel drops the lock of a process
+that dies, so a lock file left by a dead PID is simply taken over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, with_prune
+from .demo import demo_config
+from .errors import UserError
+from .files import read_json, write_json
+from .run import METRICS, Observer, Plan, execute, plan, run_label
+from .spec import DENSE, parse_criterion, sparsity_label, split_top_level
+
+log = logging.getLogger("pxprune")
+
+SWEEP_FILE = "sweep.json"
+SWEEP_FORMAT = "pxprune.sweep"
+LOCK_DIR = ".locks"
+FAILURE_LOG = "sweep_failures.log"
+PAPER_SPARSITIES = (0.36, 0.5904, 0.7379, 0.8322, 0.8926, 0.9313, 0.956, 0.9719, 0.982)
+"""1 - 0.8 ** (2k), k = 1..9, rounded as in the paper (CONTRACTS.md section 6)."""
+DEFAULT_CRITERIA = ("px", "snip", "grasp", "synflow", "synflow_l2", "ntksap", "magnitude",
+                    "random")
+DEFAULT_SEEDS = (0, 1, 2)
+START_METHOD = "spawn"
+"""How worker processes start: ``spawn`` is safe after CUDA or OpenMP were used in the parent."""
+GRID_KEYS = ("criterion", "options", "sparsity")
+"""``prune.*`` keys that the grid sets per run (left out of the sweep's base configuration)."""
+
+
+# ------------------------------------------------------------------------------ the grid
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    """One cell of the grid: its row label, sparsity, seed, configuration and folder."""
+
+    criterion: str
+    sparsity: float
+    seed: int
+    config: RunConfig
+    out: Path
+
+    @property
+    def name(self) -> str:
+        """``px/0.982/seed0``: the folder relative to the sweep's."""
+        return f"{self.criterion}/{sparsity_label(self.sparsity)}/seed{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: ``criteria`` are folder labels (``px--classifier=signed``) in the
+    order given, without ``dense`` (always added, one run per seed)."""
+
+    out: Path
+    base: RunConfig
+    criteria: tuple[str, ...]
+    sparsities: tuple[float, ...]
+    seeds: tuple[int, ...]
+    run_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def runs(self) -> list[SweepRun]:
+        """Seed by seed (so a stopped sweep has whole seeds first): the dense run, then every
+        sparsity from the lowest, every criterion in the order given."""
+        runs = []
+        for seed in self.seeds:
+            dense = dataclasses.replace(demo_config(self.base, DENSE), seed=seed)
+            runs.append(self._run(DENSE, 0.0, seed, dense))
+            for s in sorted(self.sparsities):
+                for label in self.criteria:
+                    runs.append(self._run(label, s, seed, grid_config(self.base, label, s, seed)))
+        return runs
+
+    def _run(self, label: str, sparsity: float, seed: int, config: RunConfig) -> SweepRun:
+        return SweepRun(criterion=label, sparsity=sparsity, seed=seed, config=config,
+                        out=self.out / label / sparsity_label(sparsity) / f"seed{seed}")
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``sweep.json`` holds; :func:`check_sweep_file` compares all but ``run_options``
+        and ``recipe`` (the resolved ``config`` says what they meant)."""
+        return {
+            "format": SWEEP_FORMAT,
+            "version": 1,
+            "recipe": self.base.recipe,
+            "criteria": list(self.criteria),
+            "sparsities": list(self.sparsities),
+            "seeds": list(self.seeds),
+            "dense": True,
+            "run_options": dict(self.run_options),
+            "config": base_identity(self.base),
+        }
+
+
+def grid_config(base: RunConfig, spec: str, sparsity: float, seed: int) -> RunConfig:
+    """``base`` with the criterion spec (``px[bn=train]``, ``px--bn=train+shuffled``),
+    sparsity and seed of one cell; ``dense`` gives the dense run."""
+    parsed = parse_criterion(spec)
+    if parsed.name == DENSE:
+        return dataclasses.replace(demo_config(base, spec), seed=seed)
+    config = with_prune(base, criterion=parsed.name, options=parsed.options,
+                        sparsity=float(sparsity), shuffle=parsed.shuffle or base.prune.shuffle)
+    if parsed.reinit:
+        config = dataclasses.replace(config,
+                                     train=dataclasses.replace(config.train, reinit=True))
+    return dataclasses.replace(config, seed=seed)
+
+
+def base_identity(base: RunConfig) -> dict[str, Any]:
+    """The resolved configuration every run shares (the grid's own keys and the seed removed)."""
+    d = base.identity()
+    for key in GRID_KEYS:
+        d["prune"].pop(key, None)
+    d.pop("seed", None)
+    return d
+
+
+def parse_sparsities(text: str | None) -> tuple[float, ...]:
+    """``"0.36,0.5904"`` -> (0.36, 0.5904); None -> the paper's grid. Each in (0, 1), once."""
+    if text is None:
+        return PAPER_SPARSITIES
+    values: list[float] = []
+    for item in (t.strip() for t in str(text).split(",")):
+        try:
+            s = float(item)
+        except ValueError:
+            raise UserError(f"bad sparsity {item!r} in --sparsities; give numbers like "
+                            "0.36,0.5904,0.982") from None
+        if not 0.0 < s < 1.0:
+            raise UserError(f"sparsity {item} is not in (0, 1); the dense run (sparsity 0) is "
+                            "added to every sweep by itself")
+        if any(sparsity_label(v) == sparsity_label(s) for v in values):
+            raise UserError(f"sparsity {item} is given twice in --sparsities")
+        values.append(s)
+    return tuple(values)
+
+
+def parse_seeds(text: str | None) -> tuple[int, ...]:
+    """``"0,1,2"`` -> (0, 1, 2); None -> (0, 1, 2). Non-negative integers, once each."""
+    if text is None:
+        return DEFAULT_SEEDS
+    seeds: list[int] = []
+    for item in (t.strip() for t in str(text).split(",")):
+        try:
+            k = int(item)
+        except ValueError:
+            raise UserError(f"bad seed {item!r} in --seeds; give integers like 0,1,2") from None
+        if k < 0:
+            raise UserError(f"seed {k} is negative; seeds are non-negative integers")
+        if k in seeds:
+            raise UserError(f"seed {k} is given twice in --seeds")
+        seeds.append(k)
+    return tuple(seeds)
+
+
+def criterion_labels(base: RunConfig, specs: Sequence[str]) -> tuple[str, ...]:
+    """The folder label of every criterion spec (validated against the registry and its
+    options), in order, each once; ``dense`` is left out (every sweep has it)."""
+    labels: list[str] = []
+    for spec in specs:
+        if parse_criterion(spec).name == DENSE:
+            continue
+        label = run_label(grid_config(base, spec, 0.5, 0))
+        if label not in labels:
+            labels.append(label)
+    if not labels:
+        raise UserError("--criteria names no criterion to prune with; give e.g. px,snip,random")
+    return tuple(labels)
+
+
+def make_sweep(base: RunConfig, out: str | Path, *, criteria: Sequence[str] | str | None = None,
+               sparsities: Sequence[float] | str | None = None,
+               seeds: Sequence[int] | str | None = None,
+               run_options: Mapping[str, Any] | None = None) -> Sweep:
+    """Validate the grid (raises :class:`UserError`); strings are parsed as on the command line
+    and None means the default (every criterion of the paper, its sparsities, seeds 0, 1, 2)."""
+    if criteria is None:
+        criteria = DEFAULT_CRITERIA
+    elif isinstance(criteria, str):
+        criteria = split_top_level(criteria)
+        if any(not c for c in criteria):
+            raise UserError("empty criterion in --criteria; separate criteria with single commas")
+    if sparsities is None or isinstance(sparsities, str):
+        sparsities = parse_sparsities(sparsities)
+    else:
+        sparsities = parse_sparsities(",".join(repr(float(s)) for s in sparsities))
+    if seeds is None or isinstance(seeds, str):
+        seeds = parse_seeds(seeds)
+    else:
+        seeds = parse_seeds(",".join(str(int(k)) for k in seeds))
+    return Sweep(out=Path(out), base=base, criteria=criterion_labels(base, list(criteria)),
+                 sparsities=tuple(sparsities), seeds=tuple(seeds),
+                 run_options=dict(run_options or {}))
+
+
+# ------------------------------------------------------------------------------ the folder
+def read_sweep_file(out: str | Path) -> dict[str, Any] | None:
+    """``<out>/sweep.json`` (None when absent); a broken one is a :class:`UserError`."""
+    path = Path(out) / SWEEP_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        raise UserError(f"{path} is unreadable; restore it or choose another folder") from None
+    if not isinstance(data, dict) or data.get("format") != SWEEP_FORMAT:
+        raise UserError(f"{path} is not a pxprune sweep.json")
+    for key in ("criteria", "sparsities", "seeds"):
+        if not isinstance(data.get(key), list):
+            raise UserError(f"{path} has no {key} list; it is not a pxprune sweep.json")
+    return data
+
+
+def _grid_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    def labels(values: Sequence[Any]) -> list[str]:
+        return sorted(sparsity_label(float(v)) for v in values)
+
+    for key, norm in (("criteria", sorted), ("sparsities", labels), ("seeds", sorted)):
+        if norm(old.get(key, [])) != norm(new[key]):
+            return f"{key} {old.get(key)} there, {new[key]} here"
+    from .run import _first_difference
+
+    diff = _first_difference(old.get("config"), new["config"], "config")
+    return diff
+
+
+def check_sweep_file(sweep: Sweep) -> bool:
+    """Refuse a folder that holds another sweep, or files that are not a sweep; True when its
+    sweep.json already describes ``sweep`` (a re-entry)."""
+    out = sweep.out
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    existing = read_sweep_file(out)
+    if existing is None:
+        if out.is_dir() and any(p.name != LOCK_DIR for p in out.iterdir()):
+            raise UserError(f"{out} is not empty and holds no {SWEEP_FILE}; choose another --out")
+        return False
+    diff = _grid_difference(existing, sweep.to_json())
+    if diff:
+        raise UserError(f"{out} holds a different sweep ({diff}); choose another --out or run "
+                        "the sweep with the options in its sweep.json")
+    return True
+
+
+def prepare(sweep: Sweep) -> list[tuple[SweepRun, Plan]]:
+    """Check the folder and plan every run (nothing is built, read or written yet but
+    sweep.json, last). A run folder holding another run is a :class:`UserError`."""
+    again = check_sweep_file(sweep)
+    plans = [(run, plan(run.config, run.out)) for run in sweep.runs()]
+    if not again:
+        write_json(sweep.out / SWEEP_FILE, sweep.to_json())
+    return plans
+
+
+# ------------------------------------------------------------------------------ locks
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on a lock file that holds its owner's PID.
+
+    The kernel releases the lock of a process that dies, so a file left by a dead PID is taken
+    over. The holder unlinks the file on release; a process that locked a file which was unlinked
+    meanwhile notices (inode changed) and tries again."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.fd: int | None = None
+        self.holder: str | None = None
+
+    def acquire(self) -> bool:
+        """True when locked; False when another live process holds it (``holder``: its PID)."""
+        if self.fd is not None:
+            raise RuntimeError(f"{self.path} is already locked by this object")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                self.holder = _read_holder(fd)
+                os.close(fd)
+                return False
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self.fd = fd
+            self.holder = str(os.getpid())
+            return True
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 64).decode(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def lock_path(run: SweepRun) -> Path:
+    """``<sweep>/.locks/<criterion>/<sparsity>/seed<k>.lock`` (outside the run folder, which a
+    stray file would make unrecognisable as a run)."""
+    sweep_dir = run.out.parent.parent.parent
+    return sweep_dir / LOCK_DIR / run.criterion / sparsity_label(run.sparsity) / \
+        f"seed{run.seed}.lock"
+
+
+# ------------------------------------------------------------------------------ running
+@dataclasses.dataclass
+class Outcome:
+    """How one run ended: ``done`` (executed now), ``finished`` (already finished), ``failed``
+    (``message``, ``details``: the traceback) or ``locked`` (``message``: the holder's PID)."""
+
+    run: SweepRun
+    status: str
+    metrics: dict[str, Any] | None = None
+    message: str = ""
+    details: str = ""
+    seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class SweepResult:
+    outcomes: list[Outcome]
+
+    def where(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.status in ("done", "finished") for o in self.outcomes)
+
+
+def execute_run(p: Plan, *, device: Any = None, observer: Observer | None = None) -> Any:
+    """Execute one planned run (the seam the tests replace with a fake runner)."""
+    return execute(p, observer=observer, device=device)
+
+
+def run_one(run: SweepRun, *, device: Any = None, observer: Observer | None = None) -> Outcome:
+    """Lock the run's folder, plan it again (another process may have advanced it), execute.
+    A failure is returned, not raised (KeyboardInterrupt and SystemExit still propagate)."""
+    start = time.perf_counter()
+    lock = RunLock(lock_path(run))
+    try:
+        if not lock.acquire():
+            return Outcome(run, "locked", message=f"pid {lock.holder}")
+        try:
+            p = plan(run.config, run.out)
+            if p.state == "finished":
+                return Outcome(run, "finished", metrics=p.metrics)
+            metrics = execute_run(p, device=device, observer=observer)
+            return Outcome(run, "done", metrics=metrics, seconds=time.perf_counter() - start)
+        finally:
+            lock.release()
+    except Exception as err:  # noqa: BLE001 - one failed run must not stop the sweep
+        message = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        return Outcome(run, "failed", message=" ".join(message.split()),
+                       details=traceback.format_exc(), seconds=time.perf_counter() - start)
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def run_sweep(
+    runs: Sequence[SweepRun],
+    *,
+    jobs: int = 1,
+    device: Any = None,
+    observer: Callable[[SweepRun], Observer] | None = None,
+    on_start: Callable[[SweepRun], None] | None = None,
+    on_end: Callable[[Outcome], None] | None = None,
+    start_method: str | None = None,
+) -> SweepResult:
+    """Execute ``runs`` (skipping finished ones) in this process (``jobs=1``, with the
+    ``observer(run)`` of each) or in ``jobs`` worker processes with ``max(1, cores // jobs)``
+    torch threads each. Failed runs are reported in the result; the others go on."""
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    outcomes: dict[int, Outcome] = {}
+    todo = []
+    for i, run in enumerate(runs):
+        if (run.out / METRICS).is_file():
+            outcomes[i] = Outcome(run, "finished")
+        else:
+            todo.append(i)
+    if jobs == 1 or len(todo) <= 1:
+        for i in todo:
+            if on_start:
+                on_start(runs[i])
+            outcomes[i] = run_one(runs[i], device=device,
+                                  observer=observer(runs[i]) if observer else None)
+            if on_end:
+                on_end(outcomes[i])
+    else:
+        _run_pool(runs, todo, outcomes, jobs=jobs, device=device, on_start=on_start,
+                  on_end=on_end, start_method=start_method or START_METHOD)
+    return SweepResult([outcomes[i] for i in range(len(runs))])
+
+
+def _worker_main(tasks: Any, results: Any, threads: int, device: Any) -> None:
+    # the parent handles Ctrl-C (and then terminates the workers); a stopped run resumes later
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        item = tasks.get()
+        if item is None:
+            return
+        index, run = item
+        results.put(("start", index, os.getpid()))
+        results.put(("end", index, run_one(run, device=device)))
+
+
+def _run_pool(runs: Sequence[SweepRun], todo: list[int], outcomes: dict[int, Outcome], *,
+              jobs: int, device: Any, on_start: Callable[[SweepRun], None] | None,
+              on_end: Callable[[Outcome], None] | None, start_method: str) -> None:
+    ctx = multiprocessing.get_context(start_method)
+    threads = max(1, cpu_cores() // jobs)
+    tasks, results = ctx.Queue(), ctx.Queue()
+    workers_n = min(jobs, len(todo))
+    for i in todo:
+        tasks.put((i, runs[i]))
+    for _ in range(workers_n):
+        tasks.put(None)
+
+    def spawn() -> Any:
+        w = ctx.Process(target=_worker_main, args=(tasks, results, threads, device), daemon=True)
+        w.start()
+        return w
+
+    workers = [spawn() for _ in range(workers_n)]
+    running: dict[int, int] = {}  # worker pid -> index of its run
+    pending = set(todo)
+    respawns = len(todo)
+
+    def finish(index: int, outcome: Outcome) -> None:
+        if index not in pending:
+            return
+        pending.discard(index)
+        outcomes[index] = outcome
+        if on_end:
+            on_end(outcome)
+
+    def handle(kind: str, index: int, payload: Any) -> None:
+        if kind == "start":
+            running[payload] = index
+            if on_start:
+                on_start(runs[index])
+            return
+        for pid in [pid for pid, i in running.items() if i == index]:
+            del running[pid]
+        finish(index, payload)
+
+    def drain() -> None:
+        while True:
+            try:
+                handle(*results.get(timeout=0.05))
+            except queue.Empty:
+                return
+
+    try:
+        while pending:
+            try:
+                handle(*results.get(timeout=0.2))
+                continue
+            except queue.Empty:
+                pass
+            for w in list(workers):
+                if w.is_alive():
+                    continue
+                workers.remove(w)
+                drain()  # what it sent before it ended
+                index = running.pop(w.pid, None)
+                if index is not None:
+                    finish(index, Outcome(runs[index], "failed", message=(
+                        f"its worker process died (exit code {w.exitcode})")))
+                if w.exitcode != 0 and respawns > 0 and pending:
+                    respawns -= 1
+                    workers.append(spawn())  # the dead one left its end marker queued
+            if not workers:
+                drain()
+                for index in sorted(pending):
+                    finish(index, Outcome(runs[index], "failed", message=(
+                        "its worker process stopped before reporting a result")))
+    finally:
+        for w in workers:
+            if pending and w.is_alive():
+                w.terminate()
+        for w in workers:
+            w.join(timeout=10)
+        tasks.cancel_join_thread()
+        results.cancel_join_thread()
+
+
+def record_failures(out: str | Path, failed: Sequence[Outcome]) -> Path | None:
+    """Append the failed runs and their tracebacks to ``<out>/sweep_failures.log``."""
+    if not failed:
+        return None
+    path = Path(out) / FAILURE_LOG
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with open(path, "a", encoding="utf-8") as f:
+        for o in failed:
+            f.write(f"[{stamp}] {o.run.name}: {o.message}\n")
+            if o.details:
+                f.write(o.details.rstrip() + "\n")
+    return path
