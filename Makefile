@@ -34,6 +34,7 @@ demo: venv
 
 bench: venv
 	$(PY) benchmarks/px_speed.py
+	$(PY) benchmarks/criteria_cost.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
