@@ -247,7 +247,13 @@ def test_model_and_torch_untouched_after_success_and_error():
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16_bn", "mobilenet_v2"])
+# torchvision's vgg16_bn carries a 103M-weight classifier (11 s on 2 cores): slow; its conv/BN
+# body is covered in the fast suite by our CIFAR VGG-16-BN
+@pytest.mark.parametrize(
+    "name",
+    ["resnet18", "resnet50", pytest.param("vgg16_bn", marks=pytest.mark.slow), "mobilenet_v2",
+     "vgg16_bn_cifar", "resnet18_tiny"],
+)
 def test_torchvision_models_score(name):
     model = create_model(name, num_classes=10, seed=0)
     snap = snapshot(model)
