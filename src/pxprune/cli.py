@@ -211,30 +211,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
     from .experiment import (
-        UserError,
         load_mask,
         plan,
         resolve_config,
         run_label,
         train_config_for_mask,
     )
-    from .experiment.run import resolve_device
+    from .experiment.run import read_config_dict, resolve_device
 
     mask_file = Path(args.mask)
     mask = load_mask(mask_file)
     beside = mask_file.parent / "config.yaml"
     base = None
     if args.recipe is None and beside.is_file():
-        try:
-            base = yaml.safe_load(beside.read_text())
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"{beside} is unreadable ({type(err).__name__}); give --recipe") \
-                from None
-        if not isinstance(base, dict):
-            raise UserError(f"{beside} is not a pxprune configuration; give --recipe")
+        base = read_config_dict(beside, "; give --recipe")
     config = resolve_config(args.recipe, _sets(args), _flags(args), base=base)
     config = train_config_for_mask(config, mask, seed=args.seed)
     device = resolve_device(args.device)

@@ -179,18 +179,23 @@ def load_mask(path: Path) -> Mask:
         raise UserError(str(err)) from None
 
 
+def read_config_dict(path: Path, hint: str = "") -> dict:
+    """The mapping in a config.yaml; ``UserError`` (ending with ``hint``) when unreadable."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{path} is unreadable ({type(err).__name__}){hint}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a pxprune configuration{hint}")
+    return data
+
+
 def read_config(out: Path) -> RunConfig:
     """The configuration a run folder was made with."""
     path = out / CONFIG
     if not path.is_file():
         raise UserError(f"{out} is not a pxprune run folder (no {CONFIG})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{path} is unreadable ({type(err).__name__})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} is not a pxprune configuration")
-    return config_from_dict(data, str(path))
+    return config_from_dict(read_config_dict(path), str(path))
 
 
 def plan(config: RunConfig, out: str | Path | None = None, *, mode: str = "run",
@@ -220,13 +225,7 @@ def plan(config: RunConfig, out: str | Path | None = None, *, mode: str = "run",
         raise UserError(
             f"{out} is not empty and holds no pxprune run (no {CONFIG}); choose another --out"
         )
-    try:
-        existing = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{path} is unreadable ({type(err).__name__}); choose another --out") \
-            from None
-    if not isinstance(existing, dict):
-        raise UserError(f"{path} is not a pxprune configuration; choose another --out")
+    existing = read_config_dict(path, "; choose another --out")
     mine = yaml.safe_load(config.to_yaml())
     diff = _first_difference(_identity_yaml(existing), _identity_yaml(mine))
     if diff:
