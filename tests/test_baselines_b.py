@@ -14,7 +14,8 @@ from torch import nn
 import pxprune
 from pxprune.criteria import Context, ntksap, synflow  # noqa: F401  (register the criteria)
 from pxprune.criteria.ntksap import NTKSAP
-from pxprune.criteria.synflow import SynFlow, SynFlowL2
+from pxprune.criteria.synflow import SynFlow
+from pxprune.criteria.synflow_l2 import SynFlowL2
 from pxprune.seeding import generator
 from pxprune.selection import prunable_parameters
 

@@ -42,7 +42,8 @@ def test_demo_recipe_is_contracts_section_8():
     assert c.prune.sparsity == 0.982 and c.prune.rounds is None
     assert c.prune.scope == "global" and not c.prune.shuffle
     t = c.train
-    assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay) == (1, 128, 0.1, 0.9, 1e-4)  # 1 epoch: the 8-minute demo budget
+    # 1 epoch, not 2: the 8-minute budget of `make demo` (README, demo.yaml)
+    assert (t.epochs, t.batch_size, t.lr, t.momentum, t.weight_decay) == (1, 128, 0.1, 0.9, 1e-4)
     assert t.schedule == "cosine" and not t.nesterov and not t.reinit
     assert c.seed == 0
 

@@ -1,6 +1,6 @@
 """Registered pruning criteria. Importing this package registers every built-in criterion."""
 
-from . import grasp, magnitude, ntksap, px, random, snip, synflow  # noqa: E402,F401  (registers them)
+from . import grasp, magnitude, ntksap, px, random, snip, synflow, synflow_l2  # noqa: E402,F401  (registers them)
 from .base import (
     CRITERIA,
     Context,

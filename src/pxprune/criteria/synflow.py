@@ -1,4 +1,4 @@
-"""Data-free path-flow criteria: SynFlow and its L2 counterpart SynFlow-L2.
+"""Data-free path-flow criteria: SynFlow (here) and the engine SynFlow-L2 shares (``synflow_l2``).
 
 - ``synflow``: Tanaka, Kunin, Yamins, Ganguli, "Pruning neural networks without any data by
   iteratively conserving synaptic flow", NeurIPS 2020: the synaptic saliency
@@ -33,11 +33,6 @@ from .px import reject_compiled
 # Average pooling and ``mean`` run as they are (coef_power=None).
 SYNFLOW_SPEC = CopySpec(activation="identity", maxpool="keep", bn="linear", bn_power=1,
                         coef_power=None, drop_bias=True, scaling="exp")
-# SynFlow-L2 = exactly PX's weight copy (PX.md section 2): weights theta**2, max-pool summed over
-# its window (every position is a path), BN scale and pooling coefficients squared, biases 0.
-SYNFLOW_L2_SPEC = CopySpec(activation="identity", maxpool="sum", bn="linear", bn_power=2,
-                           coef_power=2, drop_bias=True, scaling="exp")
-
 
 class Flow(NamedTuple):
     """One path-flow evaluation. The true values are ``scores * 2**exponent`` and
@@ -138,30 +133,3 @@ class SynFlow(_PathFlow):
     name = "synflow"
     spec = SYNFLOW_SPEC
     power = 1
-
-
-@register_criterion
-class SynFlowL2(_PathFlow):
-    """SynFlow-L2: the L2 path norm of Gebhart, Saxena, Schrater, "A Unified Paths Perspective for
-    Pruning at Initialization", arXiv 2101.10552 (2021); here the data-free counterpart of PX
-    (Iurada, Ciccone, Tommasi, CVPR 2024, PX.md section 2).
-
-    Score: ``S_j = theta_j**2 * dR2/d(theta_j**2) = sum_k sum_{p in P_k, p contains j} v_p**2``
-    with ``R2 = sum_k z2[k]`` the output sum of PX's weight copy: prunable weights
-    ``M * theta**2``, activations the identity, max-pool a sum over its window, BatchNorm the scale
-    ``(gamma / sqrt(running_var + eps))**2`` with shift 0, average pooling with squared
-    coefficients, biases 0, one all-ones input sample. Scores are >= 0, pruned weights score 0,
-    and each layer of a plain layered net sums to R2.
-
-    Relation to PX: with default options PX's first round (all-ones mask) ranks *exactly* like
-    this criterion (every output receives the same data term); the data enter PX only in later
-    rounds. ``pxprune.masks.overlap`` of the two masks measures how data-driven a PX mask is.
-
-    Data: none (the input shape comes from the first batch or ``input_size=(C, H, W)``).
-    Mode: every module in eval mode. Cost per round: one forward and one backward of one sample.
-    Default schedule: 100 rounds, exponential (as PX).
-    """
-
-    name = "synflow_l2"
-    spec = SYNFLOW_L2_SPEC
-    power = 2
