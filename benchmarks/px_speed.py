@@ -106,7 +106,8 @@ def main() -> None:
         for mb in (32, 8):
             m = memory(mb)
             lines.append(
-                f"| {mb} | {m['base_mb']:.0f} | {m['peak_mb']:.0f} | {m['round_s']:.1f} | {m['forward_s']:.1f} |"
+                f"| {mb} | {m['base_mb']:.0f} | {m['peak_mb']:.0f} | {m['round_s']:.1f} "
+                f"| {m['forward_s']:.1f} |"
             )
     body = "## px_speed\n\n" + "\n".join(lines)
     print(body)

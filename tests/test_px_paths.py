@@ -87,7 +87,9 @@ def _mlp_case(act, slope: float = 0.0, seed: int = 0, masks=None):
     pre1 = x @ mw[0].t()
     h1 = act(**({"negative_slope": slope} if act is nn.LeakyReLU else {}))(pre1)
     pre2 = h1 @ mw[1].t()
-    gate = lambda t: torch.where(t > 0, 1.0, slope).double()
+    def gate(t):
+        return torch.where(t > 0, 1.0, slope).double()
+
     thetas = [w.detach().reshape(-1) for w in ws]
     edges = [_edges_linear(w) for w in ws]
     return model, x, thetas, edges, masks, gate(pre1), gate(pre2)
