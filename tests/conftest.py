@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
+
+from pxprune.data.fake import write_fake_fashion_mnist
 
 
 def mlp(
@@ -97,3 +101,21 @@ def assert_unchanged(model: nn.Module, snap: dict) -> None:
     assert [m.training for m in model.modules()] == snap["training"]
     assert [p.requires_grad for p in model.parameters()] == snap["grad"]
     assert [id(p) for p in model.parameters()] == snap["ids"]
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory) -> Path:
+    """A tiny Fashion-MNIST in the real IDX layout (20 training, 8 test images)."""
+    root = tmp_path_factory.mktemp("fmnist")
+    write_fake_fashion_mnist(root, n_train=20, n_test=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead (and stall on a busy machine).
+    Opt in per module with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

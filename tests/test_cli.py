@@ -42,13 +42,6 @@ def _has_tensorboard() -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def fmnist(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fmnist")
-    write_fake_fashion_mnist(root, n_train=20, n_test=8)
-    return root
-
-
 def tiny(root: Path, *more: str, epochs: int = 1, rounds: int | None = 2) -> list[str]:
     """Options of a tiny run (``rounds=None`` for ``train``, which takes no --rounds)."""
     return ["--set", f"data.root={root}", "data.train_subset=null", "data.per_class=1",

@@ -16,7 +16,6 @@ import torch
 from pxprune.analysis import ntk_summary
 from pxprune.cli import main
 from pxprune.data import create_dataset, get_spec
-from pxprune.data.fake import write_fake_fashion_mnist
 from pxprune.experiment import build_model, read_config
 from pxprune.experiment.ntk import balanced
 from pxprune.experiment.run import load_init
@@ -26,20 +25,7 @@ REQUIRED = {"dense_trace", "masked_trace", "trace_fraction", "dense_top_eigenval
             "masked_top_eigenvalues", "n_samples", "n_outputs", "method"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def fmnist(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fmnist")
-    write_fake_fashion_mnist(root, n_train=20, n_test=8)
-    return root
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(root: Path) -> list[str]:

@@ -17,7 +17,6 @@ import torch
 import yaml
 
 from pxprune.cli import main
-from pxprune.data.fake import write_fake_fashion_mnist
 from pxprune.experiment import Flags, build_model, load_data, resolve_config
 from pxprune.experiment import sweep as sweep_mod
 from pxprune.experiment.files import write_json
@@ -34,20 +33,7 @@ GRID = ["--criteria", "px,random", "--sparsities", "0.5,0.9", "--seeds", "0"]
 RUNS = ["dense/0/seed0", "px/0.5/seed0", "random/0.5/seed0", "px/0.9/seed0", "random/0.9/seed0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def fmnist(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fmnist")
-    write_fake_fashion_mnist(root, n_train=20, n_test=8)
-    return root
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def options(root: Path, *more: str) -> list[str]:

@@ -20,7 +20,7 @@ import yaml
 
 from ..threshold import SCOPES
 from .errors import UserError
-from .spec import DENSE, LOTTERY, normalise_options, parse_criterion, yaml_scalar
+from .spec import DENSE, LOTTERY, _plain, normalise_options, parse_criterion, yaml_scalar
 
 SCHEDULES = ("step", "cosine")
 AMP_MODES = ("off", "fp16", "bf16", "auto")
@@ -123,14 +123,6 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
 
 
 # ------------------------------------------------------------------------------ type checking
