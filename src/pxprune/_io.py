@@ -48,3 +48,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text (UTF-8, newlines as given) atomically."""
     with atomic_file(path, "w", encoding="utf-8", newline="") as f:
         f.write(text)
+
+
+def load_payload(
+    path: str | os.PathLike, fmt: str, *, what: str, fix: str, version: int | None = None
+) -> dict:
+    """``torch.load(weights_only=True)`` of a dict tagged ``format == fmt`` (and ``version``);
+    ``ValueError`` naming ``what`` the file should be and ``fix`` when it is not one. A missing
+    file stays a ``FileNotFoundError``."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
+        raise ValueError(
+            f"{path} is not a readable pxprune {what} ({type(err).__name__}); {fix}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise ValueError(f"{path} is not a pxprune {what} file; {fix}")
+    if version is not None and payload.get("version") != version:
+        raise ValueError(
+            f"{path} has {what} format version {payload.get('version')}, this pxprune reads {version}"
+        )
+    return payload

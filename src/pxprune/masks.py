@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._io import atomic_save
+from ._io import atomic_save, load_payload
 from .selection import canonical_name, prunable_modules, unwrap
 
 FORMAT = "pxprune.mask"
@@ -181,22 +181,9 @@ class Mask(Mapping[str, torch.Tensor]):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no mask file at {path}: run `pxprune prune` to make one")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-            raise ValueError(
-                f"{path} is not a readable pxprune mask ({type(err).__name__}); "
-                "re-create it with `pxprune prune`"
-            ) from None
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ValueError(
-                f"{path} is not a pxprune mask file; re-create it with `pxprune prune`"
-            )
-        if payload.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has mask format version {payload.get('version')}, "
-                f"this pxprune reads {FORMAT_VERSION}"
-            )
+        payload = load_payload(
+            path, FORMAT, what="mask", fix="re-create it with `pxprune prune`", version=FORMAT_VERSION
+        )
         masks = payload.get("masks")
         if not isinstance(masks, dict) or not masks:
             raise ValueError(f"{path} holds no mask tensors; re-create it with `pxprune prune`")

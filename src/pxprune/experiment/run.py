@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import __version__
+from .._io import load_payload
 from ..api import prune as prune_model
 from ..criteria import CRITERIA
 from ..data import (
@@ -175,7 +176,9 @@ def load_mask(path: Path) -> Mask:
     """``Mask.load`` with its errors as :class:`UserError`."""
     try:
         return Mask.load(path)
-    except (ValueError, FileNotFoundError) as err:
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; delete the run folder to start it again") from None
+    except ValueError as err:
         raise UserError(str(err)) from None
 
 
@@ -397,11 +400,12 @@ def save_init(path: Path, model: nn.Module, config: RunConfig) -> str:
 def load_init(path: Path, model: nn.Module) -> str:
     """Load theta_0 from ``init.pt`` into ``model``; returns its hash (UserError if broken)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise UserError(f"{path} is not a readable theta_0 file ({type(err).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != INIT_FORMAT:
-        raise UserError(f"{path} is not a pxprune init.pt")
+        payload = load_payload(path, INIT_FORMAT, what="theta_0 (init.pt)",
+                               fix="delete the run folder to start it again")
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing; delete the run folder to start it again") from None
+    except ValueError as err:
+        raise UserError(str(err)) from None
     try:
         load_plain_state_dict(model, payload["state_dict"])
     except ValueError as err:

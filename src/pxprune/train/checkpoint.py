@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import atomic_save
+from .._io import atomic_save, load_payload
 from ..selection import canonical_name, unwrap
 
 FORMAT = "pxprune.checkpoint"
@@ -82,23 +82,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; ``ValueError`` when it is not one."""
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise ValueError(
-            f"{path} is not a readable pxprune checkpoint ({type(err).__name__}); delete it to "
-            "train again from the mask"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a pxprune checkpoint; delete it to train from the mask")
-    if payload.get("version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has checkpoint format version {payload.get('version')}, this pxprune "
-            f"reads {FORMAT_VERSION}"
-        )
+    payload = load_payload(
+        path, FORMAT, what="checkpoint", fix="delete it to train again from the mask",
+        version=FORMAT_VERSION,
+    )
     for key in ("epoch", "model", "optimizer", "scheduler", "scaler", "rng"):
         if key not in payload:
             raise ValueError(f"{path} lacks {key!r}; delete it to train again from the mask")
