@@ -119,3 +119,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run the ``pxprune`` command in-process: (exit code, stdout, stderr)."""
+    from pxprune.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(code: int, err: str, *words: str) -> None:
+    """Exit 2, exactly one line on stderr, no traceback, naming every word given."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in lines[0], lines[0]

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 import pxprune
+from conftest import assert_user_error, cli
 from pxprune import Mask
 from pxprune.cli import main
 from pxprune.data.fake import write_fake_fashion_mnist
@@ -47,21 +48,6 @@ def tiny(root: Path, *more: str, epochs: int = 1, rounds: int | None = 2) -> lis
     return ["--set", f"data.root={root}", "data.train_subset=null", "data.per_class=1",
             "train.batch_size=8", *more, "--epochs", str(epochs),
             *(["--rounds", str(rounds)] if rounds is not None else [])]
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_user_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:

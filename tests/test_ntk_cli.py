@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import assert_user_error, cli
 from pxprune.analysis import ntk_summary
 from pxprune.cli import main
 from pxprune.data import create_dataset, get_spec
@@ -39,20 +40,6 @@ def run_dir(fmnist, tmp_path_factory) -> Path:
     assert main(["run", *tiny(fmnist), "--epochs", "1", "--rounds", "2", "--out", str(out),
                  "--quiet"]) == 0
     return out
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_user_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def test_balanced_takes_classes_round_robin():

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from pxprune.cli import main
+from conftest import assert_user_error, cli
 from pxprune.experiment import Flags, build_model, load_data, resolve_config
 from pxprune.experiment import sweep as sweep_mod
 from pxprune.experiment.files import write_json
@@ -39,20 +39,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def options(root: Path, *more: str) -> list[str]:
     return ["--set", f"data.root={root}", "data.train_subset=null", "data.per_class=1",
             "train.batch_size=8", *more, "--epochs", "1", "--rounds", "2"]
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_user_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 class FakeRunner:
