@@ -459,12 +459,24 @@ def _worker_main(tasks: Any, results: Any, threads: int, device: Any) -> None:
         results.put(("end", index, run_one(run, device=device)))
 
 
+def _get(results: Any, timeout: float) -> Any:
+    """``SimpleQueue.get`` with a timeout (``queue.Empty`` when nothing arrived)."""
+    deadline = time.monotonic() + timeout
+    while results.empty():
+        if time.monotonic() >= deadline:
+            raise queue.Empty
+        time.sleep(0.01)
+    return results.get()
+
+
 def _run_pool(runs: Sequence[SweepRun], todo: list[int], outcomes: dict[int, Outcome], *,
               jobs: int, device: Any, on_start: Callable[[SweepRun], None] | None,
               on_end: Callable[[Outcome], None] | None, start_method: str) -> None:
     ctx = multiprocessing.get_context(start_method)
     threads = max(1, cpu_cores() // jobs)
-    tasks, results = ctx.Queue(), ctx.Queue()
+    # results: a SimpleQueue writes synchronously, so a worker that dies right after saying which run
+    # it started has still said it (a Queue's feeder thread could lose that message)
+    tasks, results = ctx.Queue(), ctx.SimpleQueue()
     workers_n = min(jobs, len(todo))
     for i in todo:
         tasks.put((i, runs[i]))
@@ -502,14 +514,14 @@ def _run_pool(runs: Sequence[SweepRun], todo: list[int], outcomes: dict[int, Out
     def drain() -> None:
         while True:
             try:
-                handle(*results.get(timeout=0.05))
+                handle(*_get(results, 0.05))
             except queue.Empty:
                 return
 
     try:
         while pending:
             try:
-                handle(*results.get(timeout=0.2))
+                handle(*_get(results, 0.2))
                 continue
             except queue.Empty:
                 pass
@@ -537,7 +549,7 @@ def _run_pool(runs: Sequence[SweepRun], todo: list[int], outcomes: dict[int, Out
         for w in workers:
             w.join(timeout=10)
         tasks.cancel_join_thread()
-        results.cancel_join_thread()
+        results.close()
 
 
 def record_failures(out: str | Path, failed: Sequence[Outcome]) -> Path | None:
