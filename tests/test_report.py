@@ -126,6 +126,36 @@ def test_the_table_flags_every_missing_cell(sweep_dir):
     assert "| px | 60 ± 10 (n=3) | — |" in md  # NTK: mean and std over seeds, in %
 
 
+def test_gaps_to_the_reference_and_which_exceed_two_std(sweep_dir):
+    # snip/0.5 is 10 points below px/0.5 on every seed, each cell's std is 1 point
+    write_run(sweep_dir, "snip", 0.9, 0)
+    write_report(sweep_dir, plots=False)
+    rows = read_report_csv(sweep_dir)
+    assert float(rows[("snip", 0.5)]["gap_to_reference"]) == pytest.approx(-0.1, abs=1e-9)
+    assert rows[("snip", 0.5)]["gap_exceeds_2std"] == "true"
+    # one seed in each cell at 0.9: a gap but no spread to judge it by
+    assert float(rows[("snip", 0.9)]["gap_to_reference"]) == pytest.approx(-0.1, abs=1e-9)
+    assert rows[("snip", 0.9)]["gap_exceeds_2std"] == ""
+    assert rows[("px", 0.5)]["gap_to_reference"] == ""
+    md = (sweep_dir / "report" / "report.md").read_text()
+    assert "## Gap to px (points)" in md
+    assert "| snip | **-10.00** >2σ | -10.00 (n<2) |" in md
+
+
+def test_a_gap_within_two_std_is_not_marked(tmp_path):
+    out = tmp_path / "sweep"
+    for seed, (a, b) in enumerate([(0.80, 0.70), (0.90, 0.95), (0.70, 0.78)]):
+        for criterion, value in (("px", a), ("snip", b)):
+            run = write_run(out, criterion, 0.5, seed)
+            metrics = json.loads((run / "metrics.json").read_text())
+            write_json(run / "metrics.json", {**metrics, "test_acc": value})
+    write_report(out, plots=False)
+    row = read_report_csv(out)[("snip", 0.5)]
+    assert float(row["gap_to_reference"]) == pytest.approx(0.01, abs=1e-9)
+    assert row["gap_exceeds_2std"] == "false"
+    assert "| snip | +1.00 |" in (out / "report" / "report.md").read_text()
+
+
 def test_overlap_and_emptied_layers(sweep_dir):
     run = sweep_dir / "px" / "0.9" / "seed0"
     write_csv(run / "layers.csv", ["name", "shape", "kept", "total", "density", "effective_kept",

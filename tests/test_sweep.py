@@ -30,7 +30,7 @@ from pxprune.experiment.sweep import (
 from pxprune.masks import state_hash
 
 GRID = ["--criteria", "px,random", "--sparsities", "0.5,0.9", "--seeds", "0"]
-RUNS = ["dense/0/seed0", "px/0.5/seed0", "random/0.5/seed0", "px/0.9/seed0", "random/0.9/seed0"]
+RUNS = ["dense/0/seed0", "px/0.9/seed0", "random/0.9/seed0", "px/0.5/seed0", "random/0.5/seed0"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,13 +142,13 @@ def test_all_criteria_at_one_seed_share_theta0_split_and_data_order(fmnist):
 # ------------------------------------------------------------------------------ skip / resume
 def test_crash_mid_grid_then_reentry_repeats_nothing(fmnist, tmp_path, capsys, fake):
     out = tmp_path / "sweep"
-    fake(crash={"random/0.5/seed0": KeyboardInterrupt()})
+    fake(crash={"random/0.9/seed0": KeyboardInterrupt()})
     code, _, err = cli(capsys, "sweep", *GRID, *options(fmnist), "--out", out)
     assert code == 130, err
     first = calls(tmp_path / "calls.jsonl")
     assert [c["run"] for c in first] == RUNS[:3]
-    assert not (out / "random/0.5/seed0/metrics.json").exists()
-    assert (out / "random/0.5/seed0/progress.txt").read_text() == "1"
+    assert not (out / "random/0.9/seed0/metrics.json").exists()
+    assert (out / "random/0.9/seed0/progress.txt").read_text() == "1"
     assert not list((out / ".locks").rglob("*.lock"))  # released on the way out
 
     code, stdout, err = cli(capsys, "sweep", *GRID, *options(fmnist), "--out", out)
@@ -156,7 +156,7 @@ def test_crash_mid_grid_then_reentry_repeats_nothing(fmnist, tmp_path, capsys, f
     again = calls(tmp_path / "calls.jsonl")[len(first):]
     # finished runs are not repeated; the interrupted one continues after its first epoch
     assert [(c["run"], c["start"]) for c in again] == [
-        ("random/0.5/seed0", 1), ("px/0.9/seed0", 0), ("random/0.9/seed0", 0)]
+        ("random/0.9/seed0", 1), ("px/0.5/seed0", 0), ("random/0.5/seed0", 0)]
     assert all((out / name / "metrics.json").is_file() for name in RUNS)
     assert "| 5 | 2 | 3 | 0 | 0 |" in stdout
 
@@ -359,3 +359,13 @@ def test_tiny_real_sweep_end_to_end(fmnist, tmp_path, capsys):
     assert code == 0, err
     assert "All runs of the grid are finished." in stdout
     assert (out / "report" / "report.md").is_file()
+
+
+def test_order_drops_sparsities_before_seeds():
+    config = resolve_config("demo")
+    sweep = make_sweep(config, "x", seeds="0,1", criteria="px,random", sparsities="0.5,0.9")
+    assert [r.name for r in sweep.runs()] == [
+        "dense/0/seed0", "dense/0/seed1",
+        "px/0.9/seed0", "random/0.9/seed0", "px/0.9/seed1", "random/0.9/seed1",
+        "px/0.5/seed0", "random/0.5/seed0", "px/0.5/seed1", "random/0.5/seed1",
+    ]

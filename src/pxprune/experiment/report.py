@@ -31,7 +31,7 @@ REPORT_DIR = "report"
 NTK_FILE = "ntk.json"
 CSV_COLUMNS = ("criterion", "sparsity", "mean", "std", "n", "expected", "missing",
                "missing_runs", "effective_density", "prune_seconds", "ntk_trace_fraction",
-               "ntk_n", "overlap")
+               "ntk_n", "overlap", "gap_to_reference", "gap_exceeds_2std")
 _SEED = re.compile(r"^seed(\d+)$")
 
 
@@ -102,6 +102,28 @@ def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None
     if len(good) < 2:
         return mean, None, len(good)
     return mean, math.sqrt(sum((v - mean) ** 2 for v in good) / (len(good) - 1)), len(good)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """A criterion's mean accuracy minus the reference's at one sparsity, and whether it exceeds
+    twice the larger of the two cells' standard deviations (None with fewer than two seeds in
+    either cell: no spread to compare with)."""
+
+    value: float
+    exceeds: bool | None
+
+
+def gap(cell: Cell, ref: Cell) -> Gap | None:
+    """``cell`` minus ``ref`` in test accuracy (None when either has no finished run)."""
+    mean, std, _ = cell.stats("test_acc")
+    ref_mean, ref_std, _ = ref.stats("test_acc")
+    if mean is None or ref_mean is None:
+        return None
+    value = mean - ref_mean
+    if std is None or ref_std is None:
+        return Gap(value, None)
+    return Gap(value, abs(value) > 2.0 * max(std, ref_std))
 
 
 def _is_sparsity(name: str) -> bool:
@@ -342,6 +364,34 @@ def accuracy_table(data: SweepData) -> str:
     return _table(header, rows)
 
 
+def gap_table(data: SweepData, cells: Mapping[tuple[str, str], Cell], reference: str) -> str:
+    """Each criterion's mean test accuracy minus ``reference``'s, in points, per sparsity; a
+    gap larger than twice the larger std of the two cells is bold and marked ``>2σ``."""
+    rows = []
+    for c in data.criteria:
+        if c == reference:
+            continue
+        row = [c]
+        for s in data.sparsities:
+            g = gap(cells[(c, s)], cells[(reference, s)])
+            if g is None:
+                row.append("—")
+                continue
+            text = f"{100.0 * g.value:+.2f}"
+            if g.exceeds:
+                text = f"**{text}** >2σ"
+            elif g.exceeds is None:
+                text += " (n<2)"
+            row.append(text)
+        rows.append(row)
+    return "\n".join([
+        f"## Gap to {reference} (points)", "",
+        f"Mean test accuracy minus {reference}'s at the same sparsity. **Bold** with >2σ: the "
+        "gap exceeds twice the larger of the two cells' standard deviations; (n<2): a cell has "
+        "fewer than two seeds, so no spread to compare with.", "",
+        _table(["criterion", *data.sparsities], rows)])
+
+
 def missing_runs(data: SweepData) -> list[RunRecord]:
     """Every expected run without a finished metrics.json, dense first."""
     missing = list(data.dense().missing)
@@ -445,9 +495,12 @@ def write_report(out: str | Path, *, layers: Sequence[str] | None = None,
         secs = cell.stats("prune_seconds")[0]
         ntk_mean, _, ntk_n = cell.ntk_stats()
         ov = mean_std(overlaps.get((cell.criterion, cell.sparsity), []))[0]
+        ref = cells.get((reference, cell.sparsity))
+        g = gap(cell, ref) if ref is not None and cell.criterion != reference else None
         csv_rows.append([cell.criterion, float(cell.sparsity), mean, std, cell.n, cell.expected,
                          len(cell.missing), " ".join(r.name for r in cell.missing), eff, secs,
-                         ntk_mean, ntk_n, ov])
+                         ntk_mean, ntk_n, ov, None if g is None else g.value,
+                         None if g is None or g.exceeds is None else g.exceeds])
     write_csv(folder / "report.csv", CSV_COLUMNS, csv_rows)
     files.append(folder / "report.csv")
 
@@ -567,6 +620,8 @@ def _markdown(data: SweepData, cells: Mapping[tuple[str, str], Cell], dense: Cel
     if "accuracy" in figures:
         parts += ["", f"![test accuracy vs sparsity]({figures['accuracy'].name})", "",
                   f"![test accuracy vs sparsity, log scale]({figures['accuracy_log'].name})"]
+    if reference in data.criteria:
+        parts += ["", gap_table(data, cells, reference)]
 
     if has_ntk:
         header = ["criterion", *data.sparsities]

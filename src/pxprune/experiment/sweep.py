@@ -83,13 +83,14 @@ class Sweep:
     run_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def runs(self) -> list[SweepRun]:
-        """Seed by seed (so a stopped sweep has whole seeds first): the dense run, then every
-        sparsity from the lowest, every criterion in the order given."""
-        runs = []
-        for seed in self.seeds:
-            dense = dataclasses.replace(demo_config(self.base, DENSE), seed=seed)
-            runs.append(self._run(DENSE, 0.0, seed, dense))
-            for s in sorted(self.sparsities):
+        """The dense run of every seed, then sparsity by sparsity from the highest (where
+        criteria differ most), every seed, every criterion in the order given: a sweep stopped
+        early has whole cells, each with all its seeds, so it drops sparsities before seeds."""
+        runs = [self._run(DENSE, 0.0, seed, dataclasses.replace(demo_config(self.base, DENSE),
+                                                                 seed=seed))
+                for seed in self.seeds]
+        for s in sorted(self.sparsities, reverse=True):
+            for seed in self.seeds:
                 for label in self.criteria:
                     runs.append(self._run(label, s, seed, grid_config(self.base, label, s, seed)))
         return runs
