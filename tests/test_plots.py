@@ -103,6 +103,25 @@ def test_layer_density_log_scale_and_bare_rows(tmp_path):
         plots.layer_density([], tmp_path / "none.png")
 
 
+def test_layer_density_heatmap(tmp_path):
+    rows = resnet_layers()
+    emptied = [{**r, "density": 0.0, "effective_density": 0.0, "empty": True}
+               if r["name"].startswith("layer3") else r for r in rows]
+    def red_pixels(path):
+        image = imread(path)[..., :3]
+        return int(((image[..., 0] > 0.75) & (image[..., 1] < 0.25) & (image[..., 2] < 0.25)).sum())
+
+    w, h = check_png(plots.layer_density_heatmap({"px": emptied, "snip": rows, "random": rows},
+                                                 tmp_path / "heat.png"))
+    assert w > h
+    assert red_pixels(tmp_path / "heat.png") > 1000  # the emptied cells are red ...
+    check_png(plots.layer_density_heatmap({"snip": rows, "random": rows}, tmp_path / "ok.png"))
+    assert red_pixels(tmp_path / "ok.png") == 0  # ... and nothing else is
+    check_png(plots.layer_density_heatmap({"one": rows[:1]}, tmp_path / "single.png"))
+    with pytest.raises(ValueError, match="no layers"):
+        plots.layer_density_heatmap({}, tmp_path / "none.png")
+
+
 def test_prune_time(tmp_path):
     rows = [{"criterion": "px", "seconds": 2.0}, {"criterion": "px", "seconds": 2.4},
             {"criterion": "snip", "seconds": 0.05}, {"criterion": "synflow", "seconds": 30.0},

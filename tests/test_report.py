@@ -240,3 +240,11 @@ def test_report_writes_non_empty_pngs(sweep_dir):
     md = (sweep_dir / "report" / "report.md").read_text()
     assert all(f"]({name})" in md for name in expected)
     assert json.loads((sweep_dir / "sweep.json").read_text())["criteria"] == CRITERIA
+    # one run with a layers.csv: no comparison; two (chosen with --layers): one heatmap
+    assert "layers_compare.png" not in names
+    write_csv(sweep_dir / "px" / "0.5" / "seed0" / "layers.csv",
+              ["name", "kept", "density", "effective_density", "empty"],
+              [["conv.weight", 2, 0.5, 0.5, False], ["fc.weight", 1, 0.5, 0.5, False]])
+    result = write_report(sweep_dir, layers=["px/0.9/seed0", "px/0.5/seed0"])
+    assert (sweep_dir / "report" / "layers_compare.png") in result.files
+    assert "](layers_compare.png)" in (sweep_dir / "report" / "report.md").read_text()

@@ -279,6 +279,90 @@ def layer_density(
     return _save(fig, path)
 
 
+def layer_density_heatmap(
+    layers: Mapping[str, Sequence[Row]],
+    path: str | os.PathLike,
+    *,
+    title: str = "Per-layer effective density (%)",
+) -> Path:
+    """One row per run (``{run name: rows}``), one column per layer: the effective density in
+    percent (the density where no effective one is given) on a log colour scale, written in
+    each cell; an emptied layer is a red "empty" cell. Reads at a glance with a dozen runs."""
+    runs = {str(k): list(v) for k, v in layers.items() if v}
+    if not runs:
+        raise ValueError("no layers to plot")
+    names: list[str] = []
+    for rows in runs.values():
+        for row in rows:
+            name = str(_key(row, "name", "layer"))
+            if name not in names:
+                names.append(name)
+    values = []  # percent; 0 for empty, NaN for a layer the run does not have
+    for rows in runs.values():
+        table = {str(row["name"]): row for row in rows}
+        line = []
+        for name in names:
+            row = table.get(name)
+            if row is None:
+                line.append(math.nan)
+                continue
+            density = _number(row.get("density"))
+            effective = _number(row.get("effective_density"))
+            value = density if math.isnan(effective) else effective
+            empty = bool(row.get("empty")) or density == 0 or effective == 0
+            line.append(0.0 if empty else 100.0 * value)
+        values.append(line)
+    positive = [v for line in values for v in line if v > 0]
+    lo = math.log10(min(positive)) if positive else -2.0
+    hi = math.log10(max(positive)) if positive else 2.0
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1.0, hi + 1.0
+    grid = [[math.log10(v) if v > 0 else math.nan for v in line] for line in values]
+
+    fig, ax = _new_figure(width=max(7.0, 0.5 * len(names) + 3.0),
+                          height=max(2.6, 0.42 * len(runs) + 2.4))
+    ax.grid(False)
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=lo, vmax=hi,
+                      interpolation="nearest")
+    for i, line in enumerate(values):
+        for j, v in enumerate(line):
+            if math.isnan(v):
+                continue
+            if v == 0:
+                ax.add_patch(_rectangle(j, i, "#d62728"))
+                ax.text(j, i, "empty", ha="center", va="center", fontsize=6, color="white",
+                        fontweight="bold")
+                continue
+            level = (math.log10(v) - lo) / (hi - lo)
+            ax.text(j, i, _short(v), ha="center", va="center", fontsize=6,
+                    color="black" if level > 0.55 else "white")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7 if len(names) > 20 else 8)
+    ax.set_yticks(range(len(runs)), list(runs), fontsize=8)
+    ax.set_xlabel("layer")
+    ax.set_title(title)
+    bar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
+    ticks = list(range(math.ceil(lo), math.floor(hi) + 1))
+    bar.set_ticks(ticks, labels=[_percent_label(10.0 ** t) for t in ticks])
+    bar.set_label("kept weights (%), log scale")
+    return _save(fig, path)
+
+
+def _rectangle(x: float, y: float, color: str) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1.0, 1.0, facecolor=color, edgecolor="white",
+                     zorder=2)
+
+
+def _short(value: float) -> str:
+    """A percentage in at most 3 significant digits and 4 characters where possible."""
+    if value >= 10:
+        return f"{value:.0f}"
+    if value >= 1:
+        return f"{value:.1f}"
+    return f"{value:.2g}"
+
+
 def _rounds(empty_round: Mapping[str, Any] | None,
             runs: Mapping[str, Sequence[Row]]) -> dict[str, dict[str, Any]]:
     """Run -> layer -> round, from a per-layer mapping (every run) or a per-run one."""

@@ -536,6 +536,10 @@ def write_report(out: str | Path, *, layers: Sequence[str] | None = None,
             notes.append(f"no overlap figure: no pair of masks with {reference!r} yet")
     for record in layer_runs:
         layer_figures.append(_layer_figure(plot_mod, record, folder))
+    if plot_mod is not None:
+        compare = _layer_heatmap(plot_mod, layer_runs, folder)
+        if compare is not None:
+            figures["layers_compare"] = compare
     files += list(figures.values()) + [p for _, p, _ in layer_figures if p is not None]
 
     # --- report.md
@@ -583,6 +587,37 @@ def _ntk_figure(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, str], 
     return {"ntk": plot_mod.accuracy_vs_sparsity(
         rows, folder / "ntk_trace_fraction.png", title="NTK trace kept by the mask",
         metric="fraction of the dense NTK trace")}
+
+
+def _layer_heatmap(plot_mod: Any, records: Sequence[RunRecord], folder: Path) -> Path | None:
+    """All chosen runs in one heatmap of per-layer effective density (two or more runs with a
+    readable layers.csv), labelled by criterion (and sparsity and seed where they differ)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    readable = []
+    for record in records:
+        try:
+            if (record.path / LAYERS).is_file():
+                readable.append((record, read_layers(record.path)))
+        except (OSError, KeyError, ValueError):
+            continue
+    if len(readable) < 2:
+        return None
+    sparsities = {r.sparsity for r, _ in readable}
+    seeds = {r.seed for r, _ in readable}
+    for record, layers in readable:
+        label = record.criterion
+        if len(sparsities) > 1:
+            label += f" @ {record.sparsity}"
+        if len(seeds) > 1:
+            label += f" seed{record.seed}"
+        rows[label] = layers
+    where = []
+    if len(sparsities) == 1:
+        where.append(f"sparsity {next(iter(sparsities))}")
+    if len(seeds) == 1:
+        where.append(f"seed {next(iter(seeds))}")
+    title = "Per-layer effective density (%)" + (f": {', '.join(where)}" if where else "")
+    return plot_mod.layer_density_heatmap(rows, folder / "layers_compare.png", title=title)
 
 
 def _layer_figure(plot_mod: Any, record: RunRecord,
@@ -672,6 +707,9 @@ def _markdown(data: SweepData, cells: Mapping[tuple[str, str], Cell], dense: Cel
     if layer_figures:
         parts += ["", "## Per-layer density", ""]
         parts += [f"- {line}" for _, _, line in layer_figures]
+        if "layers_compare" in figures:
+            parts += ["", f"![per-layer effective density of every chosen run]"
+                          f"({figures['layers_compare'].name})"]
         for record, path, _ in layer_figures:
             if path is not None:
                 parts += ["", f"![per-layer density of {record.name}]({path.name})"]
