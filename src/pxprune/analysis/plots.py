@@ -213,12 +213,7 @@ def layer_density(
         {str(k): v for k, v in layers.items()} if isinstance(layers, Mapping) else {"": layers})
     if not runs or not any(runs.values()):
         raise ValueError("no layers to plot")
-    names: list[str] = []
-    for rows in runs.values():
-        for row in rows:
-            name = str(_key(row, "name", "layer"))
-            if name not in names:
-                names.append(name)
+    names = _layer_names(runs)
     rounds = _rounds(empty_round, runs)
 
     fig, ax = _new_figure(width=max(7.0, 0.42 * len(names) * max(1, len(runs)) ** 0.5 + 2.5),
@@ -291,12 +286,7 @@ def layer_density_heatmap(
     runs = {str(k): list(v) for k, v in layers.items() if v}
     if not runs:
         raise ValueError("no layers to plot")
-    names: list[str] = []
-    for rows in runs.values():
-        for row in rows:
-            name = str(_key(row, "name", "layer"))
-            if name not in names:
-                names.append(name)
+    names = _layer_names(runs)
     values = []  # percent; 0 for empty, NaN for a layer the run does not have
     for rows in runs.values():
         table = {str(row["name"]): row for row in rows}
@@ -361,6 +351,15 @@ def _short(value: float) -> str:
     if value >= 1:
         return f"{value:.1f}"
     return f"{value:.2g}"
+
+
+def _layer_names(runs: Mapping[str, Sequence[Row]]) -> list[str]:
+    """Every layer name of the runs, in the order first seen."""
+    names: dict[str, None] = {}
+    for rows in runs.values():
+        for row in rows:
+            names.setdefault(str(_key(row, "name", "layer")), None)
+    return list(names)
 
 
 def _rounds(empty_round: Mapping[str, Any] | None,

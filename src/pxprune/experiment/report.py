@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +336,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _grid_table(data: SweepData, text: Callable[[str, str], str], skip: str | None = None) -> str:
+    """One row per criterion (but ``skip``), one column per sparsity: ``text(criterion,
+    sparsity)``."""
+    rows = [[c, *(text(c, s) for s in data.sparsities)] for c in data.criteria if c != skip]
+    return _table(["criterion", *data.sparsities], rows)
+
+
 def accuracy_table(data: SweepData) -> str:
     """Rows: the dense run, then each criterion label; columns: sparsity 0 (dense only) and
     every sparsity of the grid; cells: mean ± std of the test accuracy in % (n seeds)."""
@@ -367,29 +374,21 @@ def accuracy_table(data: SweepData) -> str:
 def gap_table(data: SweepData, cells: Mapping[tuple[str, str], Cell], reference: str) -> str:
     """Each criterion's mean test accuracy minus ``reference``'s, in points, per sparsity; a
     gap larger than twice the larger std of the two cells is bold and marked ``>2σ``."""
-    rows = []
-    for c in data.criteria:
-        if c == reference:
-            continue
-        row = [c]
-        for s in data.sparsities:
-            g = gap(cells[(c, s)], cells[(reference, s)])
-            if g is None:
-                row.append("—")
-                continue
-            text = f"{100.0 * g.value:+.2f}"
-            if g.exceeds:
-                text = f"**{text}** >2σ"
-            elif g.exceeds is None:
-                text += " (n<2)"
-            row.append(text)
-        rows.append(row)
+    def text(c: str, s: str) -> str:
+        g = gap(cells[(c, s)], cells[(reference, s)])
+        if g is None:
+            return "—"
+        value = f"{100.0 * g.value:+.2f}"
+        if g.exceeds:
+            return f"**{value}** >2σ"
+        return value + (" (n<2)" if g.exceeds is None else "")
+
     return "\n".join([
         f"## Gap to {reference} (points)", "",
         f"Mean test accuracy minus {reference}'s at the same sparsity. **Bold** with >2σ: the "
         "gap exceeds twice the larger of the two cells' standard deviations; (n<2): a cell has "
         "fewer than two seeds, so no spread to compare with.", "",
-        _table(["criterion", *data.sparsities], rows)])
+        _grid_table(data, text, skip=reference)])
 
 
 def missing_runs(data: SweepData) -> list[RunRecord]:
@@ -659,18 +658,14 @@ def _markdown(data: SweepData, cells: Mapping[tuple[str, str], Cell], dense: Cel
         parts += ["", gap_table(data, cells, reference)]
 
     if has_ntk:
-        header = ["criterion", *data.sparsities]
-        rows = []
-        for c in data.criteria:
-            row = [c]
-            for s in data.sparsities:
-                mean, std, n = cells[(c, s)].ntk_stats()
-                row.append(_cell_text(mean, std, n, n, significant=True))
-            rows.append(row)
+        def ntk_text(c: str, s: str) -> str:
+            mean, std, n = cells[(c, s)].ntk_stats()
+            return _cell_text(mean, std, n, n, significant=True)
+
         parts += ["", "## NTK trace kept (%)", "",
                   "Trace of the masked empirical NTK at initialisation over the dense one "
                   "(`pxprune ntk`), mean ± std over the seeds with an ntk.json.", "",
-                  _table(header, rows)]
+                  _grid_table(data, ntk_text)]
         if "ntk" in figures:
             parts += ["", f"![NTK trace fraction]({figures['ntk'].name})"]
 
@@ -687,20 +682,15 @@ def _markdown(data: SweepData, cells: Mapping[tuple[str, str], Cell], dense: Cel
         parts += ["", f"![pruning time]({figures['prune_time'].name})"]
 
     if overlaps:
-        header = ["criterion", *data.sparsities]
-        rows = []
-        for c in data.criteria:
-            if c == reference:
-                continue
-            row = [c]
-            for s in data.sparsities:
-                mean, std, n = mean_std(overlaps.get((c, s), []))
-                row.append(_cell_text(mean, std, n, n))
-            rows.append(row)
+        def overlap_text(c: str, s: str) -> str:
+            mean, std, n = mean_std(overlaps.get((c, s), []))
+            return _cell_text(mean, std, n, n)
+
         parts += ["", f"## Overlap with {reference}'s mask (%)", "",
                   "Weights kept by both masks over the kept weights of the smaller "
                   "(`masks.overlap(...).shared`), same seed and sparsity; two independent "
-                  "masks of density d overlap by about d.", "", _table(header, rows)]
+                  "masks of density d overlap by about d.", "",
+                  _grid_table(data, overlap_text, skip=reference)]
         if "overlap" in figures:
             parts += ["", f"![overlap with {reference}]({figures['overlap'].name})"]
 
