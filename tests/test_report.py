@@ -117,13 +117,31 @@ def test_the_table_flags_every_missing_cell(sweep_dir):
         lines["px"]
     assert f"{100 * acc('px', 0.9, 0):.2f}** (n=1 of 3)" in lines["px"]
     assert lines["snip"].rstrip(" |").endswith("—")
-    for name, reason in [("px/0.9/seed1", "unfinished"), ("px/0.9/seed2", "not started"),
-                         ("snip/0.9/seed0", "not started")]:
-        assert f"`{name}` ({reason}" in table
+    assert "- `px/0.9/seed1` (unfinished" in table
+    assert "- `px/0.9`: seed 2 not started" in table
+    assert "- `snip/0.9`: seeds 0, 1, 2 not started" in table
     assert "Missing runs (5)" in table
     md = (sweep_dir / "report" / "report.md").read_text()
     assert table in md and "## NTK trace kept (%)" in md and "## Overlap with px" in md
     assert "| px | 60 ± 10 (n=3) | — |" in md  # NTK: mean and std over seeds, in %
+
+
+def test_a_sparsity_none_of_whose_runs_started_is_one_line(tmp_path):
+    out = tmp_path / "sweep"
+    sweep = make_sweep(resolve_config("demo"), out, criteria=CRITERIA, sparsities=[0.5, 0.8, 0.9],
+                       seeds=SEEDS)
+    write_json(out / "sweep.json", sweep.to_json())
+    for seed in SEEDS:
+        write_run(out, "dense", 0.0, seed)
+        write_run(out, "px", 0.9, seed)
+        write_run(out, "snip", 0.9, seed)
+    write_run(out, "px", 0.8, 0)
+    table = write_report(out, plots=False).summary
+    items = [line for line in table.splitlines() if line.startswith("- ")]
+    assert items == ["- sparsity 0.5: not started (none of its 6 runs)",
+                     "- `px/0.8`: seeds 1, 2 not started",
+                     "- `snip/0.8`: seeds 0, 1, 2 not started"]
+    assert "Missing runs (11)" in table
 
 
 def test_gaps_to_the_reference_and_which_exceed_two_std(sweep_dir):
@@ -193,7 +211,8 @@ def test_cli_prints_the_table_and_reports_errors(sweep_dir, tmp_path, capsys):
     code = main(["report", str(sweep_dir), "--no-plots"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.startswith("## Test accuracy (%)") and "| snip |" in out and "px/0.9/seed2" in out
+    assert out.startswith("## Test accuracy (%)") and "| snip |" in out
+    assert "`px/0.9`: seed 2 not started" in out
     assert (sweep_dir / "report" / "report.md").is_file()
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err

@@ -400,6 +400,37 @@ def missing_runs(data: SweepData) -> list[RunRecord]:
     return missing
 
 
+def _seeds_text(records: list[RunRecord]) -> str:
+    seeds = ", ".join(str(r.seed) for r in records)
+    return f"seed{'s' if len(records) > 1 else ''} {seeds}"
+
+
+def missing_lines(data: SweepData, missing: list[RunRecord]) -> list[str]:
+    """The missing runs as markdown list items, compact enough to read on a sweep stopped early:
+    a sparsity none of whose runs started is one line, the other runs not started are grouped by
+    cell (``px/0.9``: seeds 1, 2), and unfinished or unreadable runs are listed one by one."""
+    absent: dict[str, list[RunRecord]] = {}
+    for r in missing:
+        if r.status == "absent" and r.criterion != DENSE:
+            absent.setdefault(r.sparsity, []).append(r)
+    whole = set()
+    for sparsity, records in absent.items():
+        expected = sum(data.cell(c, sparsity).expected for c in data.criteria
+                       if (c, sparsity) in data.grid)
+        if len(records) == expected:
+            whole.add(sparsity)
+    lines = [f"- sparsity {s}: not started (none of its {len(absent[s])} runs)"
+             for s in data.sparsities if s in whole]
+    cells: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in missing:
+        if r.status != "absent":
+            lines.append(f"- `{r.name}` ({r.reason})")
+        elif r.sparsity not in whole:
+            cells.setdefault((r.criterion, r.sparsity), []).append(r)
+    lines += [f"- `{c}/{s}`: {_seeds_text(rs)} not started" for (c, s), rs in cells.items()]
+    return lines
+
+
 def _grid_note(data: SweepData) -> str:
     total = len(data.seeds) * (1 + sum(
         (c, s) in data.grid for c in data.criteria for s in data.sparsities))
@@ -420,7 +451,7 @@ def summary(data: SweepData) -> str:
         parts.append(f"**Missing runs ({len(missing)})** — flagged in the table and "
                      f"report.csv:")
         parts.append("")
-        parts += [f"- `{r.name}` ({r.reason})" for r in missing]
+        parts += missing_lines(data, missing)
     else:
         parts.append("All runs of the grid are finished.")
     return "\n".join(parts) + "\n"
