@@ -56,6 +56,21 @@ def test_accuracy_vs_sparsity_single_seed_and_plain_dense(tmp_path):
     check_png(plots.accuracy_vs_sparsity(rows, tmp_path / "log.png", log_scale=True))
 
 
+@pytest.mark.parametrize("log_scale", [False, True])
+def test_seeds_at_sparsity(tmp_path, log_scale):
+    rows = [{"criterion": c, "value": v} for c, values in
+            [("px", [0.73, 0.75, 0.71]), ("snip", [0.72, 0.74, 0.73]), ("random", [0.6])]
+            for v in values]
+    rows += [{"criterion": "grasp", "value": None}, {"criterion": "grasp", "value": float("nan")}]
+    out = plots.seeds_at_sparsity(rows, tmp_path / "seeds.png", dense=0.83, log_scale=log_scale)
+    w, h = check_png(out)
+    assert h > 250  # one row per criterion, grasp (no value) included as an empty row
+    with pytest.raises(ValueError, match="no per-seed rows"):
+        plots.seeds_at_sparsity([], tmp_path / "none.png")
+    with pytest.raises(ValueError, match="'value'"):
+        plots.seeds_at_sparsity([{"criterion": "px"}], tmp_path / "bad.png")
+
+
 def test_accuracy_vs_sparsity_rejects_bad_rows(tmp_path):
     with pytest.raises(ValueError, match="no accuracy rows"):
         plots.accuracy_vs_sparsity([], tmp_path / "x.png")

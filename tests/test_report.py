@@ -249,7 +249,7 @@ def test_report_writes_non_empty_pngs(sweep_dir):
     names = {p.name for p in result.files}
     expected = {"accuracy_vs_sparsity.png", "accuracy_vs_sparsity_log.png",
                 "ntk_trace_fraction.png", "prune_time.png", "overlap_with_px.png",
-                "layers_px_0.9_seed0.png"}
+                "layers_px_0.9_seed0.png", "accuracy_at_0.9.png", "ntk_at_0.5.png"}
     assert expected <= names, result.notes
     for name in expected:
         path = sweep_dir / "report" / name

@@ -159,6 +159,58 @@ def accuracy_vs_sparsity(
     return _save(fig, path)
 
 
+def seeds_at_sparsity(
+    rows: Iterable[Row],
+    path: str | os.PathLike,
+    *,
+    dense: float | Mapping[str, Any] | None = None,
+    log_scale: bool = False,
+    title: str = "Test accuracy per seed",
+    metric: str = "test accuracy",
+) -> Path:
+    """Every seed of every criterion at one sparsity: one row per criterion (in the order
+    given), a dot per seed and the mean with a +-1 std bar; ``dense`` (as in
+    :func:`accuracy_vs_sparsity`) as a dashed vertical line. Where a sweep has one sparsity, or
+    where the spread between seeds is the question, this says more than a curve.
+
+    ``rows``: dicts ``{"criterion", "value"}``, one per finished run (a fraction; NaN or None
+    values are skipped). ``log_scale``: a log x axis (for NTK trace fractions)."""
+    groups = _by_criterion(rows, "per-seed")
+    fig, ax = _new_figure(7.5, max(2.6, 0.42 * len(groups) + 1.4))
+    names = list(groups)
+    for i, criterion in enumerate(names):
+        y = len(names) - 1 - i
+        values = [100.0 * _number(_key(r, "value", "per-seed")) for r in groups[criterion]]
+        values = [v for v in values if not math.isnan(v) and (v > 0 or not log_scale)]
+        if not values:
+            continue
+        color = "C3" if criterion == "px" or criterion.startswith("px[") else "C0"
+        ax.scatter(values, [y] * len(values), s=22, color=color, alpha=0.55, zorder=3,
+                   linewidths=0)
+        mean, std = _mean_std(values)
+        if log_scale:
+            mean = math.exp(sum(math.log(v) for v in values) / len(values))
+            ax.plot([mean], [y], marker="|", markersize=16, color=color, zorder=4)
+        else:
+            ax.errorbar([mean], [y], xerr=[std] if std else None, fmt="|", markersize=16,
+                        capsize=4, color=color, elinewidth=1.6, zorder=4)
+    if dense is not None:
+        d_mean, _ = _dense(dense)
+        if not math.isnan(d_mean):
+            ax.axvline(100.0 * d_mean, color="black", linestyle="--", linewidth=1.3,
+                       label="dense (mean)")
+            ax.legend(loc="best", fontsize="small", framealpha=0.85)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(list(reversed(names)))
+    if log_scale:
+        ax.set_xscale("log")
+    mark = "geometric mean" if log_scale else "mean ± 1 std"
+    ax.set_xlabel(f"{metric} (%); dots: seeds, bar: {mark}")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.35)
+    return _save(fig, path)
+
+
 def _sparsity_axis(ax: Any, sparsities: Sequence[float], position: Any, log_scale: bool) -> None:
     """The evaluated sparsities as ticks; labels too close to a higher one are left blank."""
     xs = [position(s) for s in sparsities]

@@ -601,7 +601,43 @@ def _accuracy_figures(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, 
         "accuracy_log": plot_mod.accuracy_vs_sparsity(
             rows, folder / "accuracy_vs_sparsity_log.png", dense=dense_arg, log_scale=True,
             title="Test accuracy vs sparsity (log scale of density)"),
+        **_per_seed_figure(plot_mod, data, cells, folder, "test_acc", dense=dense_arg),
     }
+
+
+def _runs_of(cell: Cell, key: str) -> list[RunRecord]:
+    return cell.runs_with_ntk if key == "ntk" else cell.runs
+
+
+def _per_seed_figure(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, str], Cell],
+                     folder: Path, key: str, *, dense: Any = None) -> dict[str, Path]:
+    """Every seed of every criterion at the highest sparsity with a finished run (key
+    ``test_acc``: ``accuracy_at_<s>.png``) or with an ntk.json (key ``ntk``: ``ntk_at_<s>.png``)."""
+    done = [s for s in data.sparsities
+            if any(_runs_of(cells[c, s], key) for c in data.criteria if (c, s) in cells)]
+    if not done:
+        return {}
+    s = max(done, key=float)
+    rows = []
+    for c in data.criteria:
+        cell = cells.get((c, s))
+        if cell is None:
+            continue
+        if key == "ntk":
+            rows += [{"criterion": c, "value": r.ntk.get("trace_fraction")}
+                     for r in cell.runs_with_ntk]
+        else:
+            rows += [{"criterion": c, "value": (r.metrics or {}).get(key)} for r in cell.runs]
+    if not rows:
+        return {}
+    if key == "ntk":
+        return {"ntk_seeds": plot_mod.seeds_at_sparsity(
+            rows, folder / f"ntk_at_{s}.png", log_scale=True,
+            title=f"NTK trace kept by the mask per seed, sparsity {s}",
+            metric="fraction of the dense NTK trace")}
+    return {"accuracy_seeds": plot_mod.seeds_at_sparsity(
+        rows, folder / f"accuracy_at_{s}.png", dense=dense,
+        title=f"Test accuracy per seed, sparsity {s}")}
 
 
 def _ntk_figure(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, str], Cell],
@@ -616,7 +652,8 @@ def _ntk_figure(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, str], 
         return {}
     return {"ntk": plot_mod.accuracy_vs_sparsity(
         rows, folder / "ntk_trace_fraction.png", title="NTK trace kept by the mask",
-        metric="fraction of the dense NTK trace")}
+        metric="fraction of the dense NTK trace"),
+        **_per_seed_figure(plot_mod, data, cells, folder, "ntk")}
 
 
 def _layer_heatmap(plot_mod: Any, records: Sequence[RunRecord], folder: Path) -> Path | None:
@@ -685,6 +722,8 @@ def _markdown(data: SweepData, cells: Mapping[tuple[str, str], Cell], dense: Cel
     if "accuracy" in figures:
         parts += ["", f"![test accuracy vs sparsity]({figures['accuracy'].name})", "",
                   f"![test accuracy vs sparsity, log scale]({figures['accuracy_log'].name})"]
+    if "accuracy_seeds" in figures:
+        parts += ["", f"![test accuracy per seed]({figures['accuracy_seeds'].name})"]
     if reference in data.criteria:
         parts += ["", gap_table(data, cells, reference)]
 
@@ -699,6 +738,8 @@ def _markdown(data: SweepData, cells: Mapping[tuple[str, str], Cell], dense: Cel
                   _grid_table(data, ntk_text)]
         if "ntk" in figures:
             parts += ["", f"![NTK trace fraction]({figures['ntk'].name})"]
+        if "ntk_seeds" in figures:
+            parts += ["", f"![NTK trace fraction per seed]({figures['ntk_seeds'].name})"]
 
     parts += ["", "## Pruning time (s)", ""]
     timing_rows = []
