@@ -68,9 +68,13 @@ def _by_criterion(rows: Iterable[Row], what: str) -> dict[str, list[Row]]:
     return groups
 
 
+def _is_px(criterion: str) -> bool:
+    return criterion == "px" or criterion.startswith("px[")
+
+
 def _style(criterion: str) -> dict[str, Any]:
     """PX, the method under study, is drawn heavier and on top."""
-    if criterion == "px" or criterion.startswith("px["):
+    if _is_px(criterion):
         return {"linewidth": 2.4, "zorder": 4}
     return {"linewidth": 1.5, "zorder": 3}
 
@@ -184,14 +188,14 @@ def seeds_at_sparsity(
         values = [v for v in values if not math.isnan(v) and (v > 0 or not log_scale)]
         if not values:
             continue
-        color = "C3" if criterion == "px" or criterion.startswith("px[") else "C0"
+        color = "C3" if _is_px(criterion) else "C0"
         ax.scatter(values, [y] * len(values), s=22, color=color, alpha=0.55, zorder=3,
                    linewidths=0)
-        mean, std = _mean_std(values)
         if log_scale:
             mean = math.exp(sum(math.log(v) for v in values) / len(values))
             ax.plot([mean], [y], marker="|", markersize=16, color=color, zorder=4)
         else:
+            mean, std = _mean_std(values)
             ax.errorbar([mean], [y], xerr=[std] if std else None, fmt="|", markersize=16,
                         capsize=4, color=color, elinewidth=1.6, zorder=4)
     if dense is not None:
@@ -442,7 +446,7 @@ def prune_time(
     ys = list(range(len(order)))
     bars = [0.0 if math.isnan(m) else m for m in means]
     errs = [0.0 if math.isnan(stats[c][1]) else stats[c][1] for c in order]
-    colors = ["C3" if c == "px" or c.startswith("px[") else "C0" for c in order]
+    colors = ["C3" if _is_px(c) else "C0" for c in order]
     ax.barh(ys, bars, xerr=errs if any(errs) else None, color=colors, alpha=0.85,
             error_kw={"elinewidth": 1, "capsize": 3}, zorder=3)
     ax.set_yticks(ys, order)

@@ -415,9 +415,8 @@ def missing_lines(data: SweepData, missing: list[RunRecord]) -> list[str]:
             absent.setdefault(r.sparsity, []).append(r)
     whole = set()
     for sparsity, records in absent.items():
-        expected = sum(data.cell(c, sparsity).expected for c in data.criteria
-                       if (c, sparsity) in data.grid)
-        if len(records) == expected:
+        if len(records) == len(data.seeds) * sum((c, sparsity) in data.grid
+                                                 for c in data.criteria):
             whole.add(sparsity)
     lines = [f"- sparsity {s}: not started (none of its {len(absent[s])} runs)"
              for s in data.sparsities if s in whole]
@@ -618,18 +617,9 @@ def _per_seed_figure(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, s
     if not done:
         return {}
     s = max(done, key=float)
-    rows = []
-    for c in data.criteria:
-        cell = cells.get((c, s))
-        if cell is None:
-            continue
-        if key == "ntk":
-            rows += [{"criterion": c, "value": r.ntk.get("trace_fraction")}
-                     for r in cell.runs_with_ntk]
-        else:
-            rows += [{"criterion": c, "value": (r.metrics or {}).get(key)} for r in cell.runs]
-    if not rows:
-        return {}
+    rows = [{"criterion": c,
+             "value": r.ntk.get("trace_fraction") if key == "ntk" else (r.metrics or {}).get(key)}
+            for c in data.criteria if (c, s) in cells for r in _runs_of(cells[c, s], key)]
     if key == "ntk":
         return {"ntk_seeds": plot_mod.seeds_at_sparsity(
             rows, folder / f"ntk_at_{s}.png", log_scale=True,
