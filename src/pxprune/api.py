@@ -16,6 +16,7 @@ from ._scoped import frozen_state, model_device
 from .batches import Batches
 from .criteria import CRITERIA, Context, Criterion, make_options, non_default_options
 from .masks import Mask, state_hash
+from .paths.scale import abs_max
 from .report import effective_masks
 from .seeding import generator
 from .selection import canonical_name, prunable_parameters, unwrap
@@ -59,7 +60,8 @@ def _setup(
         data = Batches(
             batches,
             device=device,
-            micro_batch=getattr(opts, "micro_batch", 64),
+            # "auto" is resolved by the criterion's setup (PX measures its activations)
+            micro_batch=mb if isinstance(mb := getattr(opts, "micro_batch", 64), int) else 64,
             need_targets=cls.needs_targets,
             criterion=criterion,
         )
@@ -87,7 +89,7 @@ def _normalise(
     tops = {}
     for n in names:
         t = raw[n].detach()
-        top = float(torch.linalg.vector_norm(t, ord=float("inf"))) if t.numel() else 0.0
+        top = abs_max(t)
         if not math.isfinite(top):  # NaN and inf propagate into the max-norm
             raise FloatingPointError(f"criterion {criterion!r} produced non-finite scores in {n!r}")
         tops[n] = top

@@ -22,6 +22,8 @@ _PARAMETRIZED = re.compile(r"parametrizations\.([^.]+)\.original$")
 def canonical_name(name: str) -> str:
     """Strip ``module.`` (DataParallel/DDP), ``_orig_mod.`` (torch.compile) and
     ``parametrizations.<p>.original`` so names match the plain model's ``named_parameters()``."""
+    if "module." not in name and "_orig_mod." not in name and "parametrizations." not in name:
+        return name  # the common case, without regular expressions (this runs per tensor per pass)
     previous = None
     while previous != name:
         previous = name

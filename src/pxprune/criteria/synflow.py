@@ -59,6 +59,7 @@ class _PathFlow(Criterion):
         self.shape = tuple(ctx.sample_shape())
         self.warn = WarnOnce(self.name)
         self.weights = {n: w.detach() for n, w in ctx.all_weights.items()}
+        self.coefficients: dict = {}  # BatchNorm scales, computed once per call
         first = next(iter(self.weights.values()))
         self.dtype = first.dtype if first.is_floating_point() else torch.float32
 
@@ -80,7 +81,7 @@ class _PathFlow(Criterion):
         ones = torch.ones((1, *self.shape), dtype=self.dtype, device=ctx.device)
         try:
             with torch.enable_grad(), substituted(ctx.model, tensors), PathMode(
-                self.spec, warn=self.warn
+                self.spec, warn=self.warn, coefficients=self.coefficients
             ) as mode:
                 out = output_tensor(ctx.model(mode.track(ones)))
                 exponent = mode.exponent(out)
