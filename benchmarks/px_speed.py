@@ -2,17 +2,19 @@
 
 The floor of one PX round is two plain float32 forward passes of the pruning split (the real network
 for the gates and the data copy cannot be avoided). These machines drift by tens of percent within
-minutes, so the floor and PX are timed *alternately*, several times, and the ratio of the medians is
-reported (with the spread of the per-pair ratios).
+minutes, so the floor is measured *between* PX's rounds, and ratios are medians over several calls
+(with their range).
 
 1. ResNet-20, 100 images of 3x32x32, 2 threads: whole ``prune(rounds=20)`` calls (setup,
-   thresholding and the effective-density check included) per round, against the floor.
+   thresholding and the effective-density check included), per round, against the floor measured
+   between the rounds of the same call (the prune's own time excludes that measurement).
    Goal: <= 1.15.
-2. ResNet-50 at 224 px, 32 images, default ``micro_batch`` (one chunk): one ``score()`` call (one
-   PX round) against the floor of two forwards of the 32 images. Goal: the same ratio.
-   (``--no-resnet50`` skips it: about 2 minutes on 2 cores.)
-3. Where the rest goes: one PX round of ResNet-20 split into its passes (real, data copy, weight
-   copy with its backward, thresholding), each against one plain forward.
+2. ResNet-50 at 224 px, 32 images, the default ``micro_batch`` ("auto"): one ``score()`` call (one
+   PX round) against the floor just before and after it, both as defined (one batch of 32) and
+   chunked like PX. Goal: the same ratio. Then the peak memory of a fresh process for one round,
+   auto and one chunk of 32. (``--no-resnet50`` skips both: about 3 minutes on 2 cores.)
+3. Where the rest goes: one PX round of ResNet-20 split into its passes (real network and data
+   copy, weight copy with its backward, thresholding), each against one plain forward.
 """
 
 from __future__ import annotations
@@ -119,6 +121,30 @@ def resnet50(pairs: int) -> dict:
             "px": statistics.median(pxs), "floor": statistics.median(f1s)}
 
 
+MEMORY_SNIPPET = r"""
+import resource, json, time, torch, pxprune
+from pxprune.models import create_model
+torch.set_num_threads(2)
+model = create_model("resnet50", num_classes=1000, seed=0)
+x = torch.randn(32, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter()
+pxprune.score(model, "px", [x], micro_batch=MB)
+sec = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024, "round_s": sec}))
+"""
+
+
+def memory(micro_batch: str) -> dict:
+    import json
+    import subprocess
+
+    code = MEMORY_SNIPPET.replace("MB", micro_batch)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def breakdown(repeats: int = 5) -> list[tuple[str, float]]:
     """Seconds of each part of one PX round on ResNet-20 (medians), and of one plain forward."""
     from pxprune import threshold
@@ -192,7 +218,16 @@ def main() -> None:
             f"{r50['low']:.2f}-{r50['high']:.2f} | <= 1.15 |",
             f"| the same against a floor chunked like PX ({r50['chunk']} images a forward) | | | "
             f"{c['ratio']:.2f} | {c['low']:.2f}-{c['high']:.2f} | |",
+            "",
+            "ResNet-50 at 224 px, 32 images, one PX round in a fresh process (peak RSS):",
+            "",
+            "| micro_batch | RSS before (MB) | peak RSS (MB) | round (s) |",
+            "| --- | ---: | ---: | ---: |",
         ]
+        for mb in ('"auto"', "32"):
+            mem = memory(mb)
+            lines.append(f"| {mb.strip(chr(34))} | {mem['base_mb']:.0f} | {mem['peak_mb']:.0f} | "
+                         f"{mem['round_s']:.1f} |")
     lines += [
         "",
         "Where one ResNet-20 round goes (medians of 5; a random 50% mask):",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -81,3 +82,41 @@ def model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def recorded_calls(model: nn.Module) -> Iterator[list[tuple[str, tuple[int, ...]]]]:
+    """Record ``(weight name, output shape)`` of every prunable module's forward, in call order
+    (forward hooks, removed on exit). Unlike tensor identities, this sees through
+    parametrizations (an applied mask) and wrappers."""
+    from .selection import prunable_modules
+
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    handles = []
+    for name, module in prunable_modules(model).items():
+        def hook(mod, inputs, output, name=name):  # noqa: ANN001
+            out = output[0] if isinstance(output, tuple | list) else output
+            if isinstance(out, torch.Tensor):
+                calls.append((name, tuple(out.shape)))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield calls
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def positions_per_sample(calls: list[tuple[str, tuple[int, ...]]], model: nn.Module) -> dict[str, int]:
+    """Output positions per sample and channel of each prunable module (for MAC counts)."""
+    from .selection import prunable_modules
+
+    modules = prunable_modules(model)
+    out: dict[str, int] = {}
+    for name, shape in calls:
+        if not shape:
+            continue
+        linear = isinstance(modules[name], nn.Linear)
+        channels = shape[-1] if linear else (shape[1] if len(shape) > 1 else 1)
+        out[name] = math.prod(shape) // max(1, shape[0] * channels) if len(shape) > 1 else 1
+    return out

@@ -15,6 +15,7 @@ from . import __version__, threshold
 from ._scoped import frozen_state, model_device
 from .batches import Batches
 from .criteria import CRITERIA, Context, Criterion, make_options, non_default_options
+from .degenerate import check_scores
 from .masks import Mask, state_hash
 from .paths.scale import abs_max
 from .report import effective_masks
@@ -187,6 +188,7 @@ def prune(
         crit.setup(ctx)
         for t, goal in enumerate(goals, start=1):
             scores = crit.score(ctx, current)
+            check_scores(criterion, crit, ctx, scores, current, first=t == 1)
             current = threshold.prune_step(scores, current, goal, scope=scope)
             if progress is not None:
                 progress(t, rounds, Mask(current))

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ._scoped import frozen_state, model_device, substituted
+from ._scoped import frozen_state, model_device, positions_per_sample, recorded_calls, substituted
 from .paths import CopySpec, PathMode, output_tensor
 from .selection import prunable_modules, unwrap
 
@@ -139,15 +139,16 @@ def effective_masks(
         leaves[name] = t
     ids = {id(t): n for n, t in weights.items()}
     with frozen_state(model, training=False), torch.enable_grad(), substituted(model, weights):
-        with PathMode(REACH, weight_names=ids) as mode:
+        with PathMode(REACH, weight_names=ids, substituted_only=True) as mode, \
+                recorded_calls(model) as calls:
             x = mode.track(torch.ones((1, *input_size), device=device))
             out = output_tensor(model(x))
             grads = torch.autograd.grad(out.sum(), list(leaves.values()), allow_unused=True)
     eff = {}
     for (name, t), g in zip(leaves.items(), grads, strict=True):
         kept = mask[name].to(device) if name in mask else torch.ones_like(t, dtype=torch.bool)
-        eff[name] = (kept & (g > 0)) if g is not None else torch.zeros_like(kept)
-    return eff, dict(mode.positions)
+        eff[name] = (kept & (g != 0)) if g is not None else torch.zeros_like(kept)
+    return eff, positions_per_sample(calls, model)
 
 
 def layer_report(

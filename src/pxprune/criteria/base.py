@@ -108,6 +108,11 @@ class Criterion:
     def score(self, ctx: Context, mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def explain_zero(self, ctx: Context, names: list[str]) -> str | None:
+        """Why every score of ``names`` is 0, with the fix, when the criterion knows (see
+        ``pxprune.degenerate``); None for the generic message."""
+        return None
+
 
 CRITERIA: Registry[type[Criterion]] = Registry("criterion")
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .base import Context, Criterion, DataOptions, register_criterion
 from .snip import mean_loss_gradient, summed_cross_entropy, train_mode_pass
@@ -43,10 +44,12 @@ class GraSP(Criterion):
     Memory is that of one micro-batch's double backward.
 
     Data: the pruning split with class-index targets (``needs_targets``). Mode: train mode
-    (BatchNorm batch statistics per micro-batch), running statistics never updated (scratch
-    copies), dropout off; gradients by ``torch.autograd.grad`` only, no ``.grad`` touched. Cost per
-    round: two forward passes, one backward and one double backward over the split (about four
-    times SNIP). Options: ``micro_batch`` (default 64), ``temperature`` (default 200).
+    (BatchNorm batch statistics per micro-batch: on a network with BatchNorm the scores depend on
+    which samples share a micro-batch; on a BN-free network they do not depend on chunking,
+    batching or sample order, as tested), running statistics never updated (scratch copies),
+    dropout off; gradients by ``torch.autograd.grad`` only, no ``.grad`` touched. Cost per round:
+    two forward passes, one backward and one double backward over the split (about four times
+    SNIP). Options: ``micro_batch`` (default 64), ``temperature`` (default 200).
     """
 
     name = "grasp"
@@ -59,7 +62,8 @@ class GraSP(Criterion):
         t = self.options.temperature
         leaves = ctx.masked(mask, grad=True)
         tensors = list(leaves.values())
-        with train_mode_pass(ctx, leaves):
+        # the fused attention kernels have no double backward: attention runs in its math form
+        with train_mode_pass(ctx, leaves), sdpa_kernel(SDPBackend.MATH):
             g, count = mean_loss_gradient(ctx, tensors, criterion=self.name, temperature=t)
             hg = [torch.zeros_like(w, requires_grad=False) for w in tensors]
             for x, y in ctx.batches:

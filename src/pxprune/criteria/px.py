@@ -60,7 +60,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .._scoped import substituted
+from .._scoped import recorded_calls, substituted
 from ..paths import REAL, CopySpec, GateTape, PathMode, ScaledSum, WarnOnce, output_tensor
 from ..paths.mode import AliasHazard
 from ..selection import canonical_name, prunable_modules
@@ -144,7 +144,7 @@ class PX(Criterion):
         reject_compiled(ctx.model, "px")
         ctx.model.eval()  # every pass in eval mode; the caller's flags are restored by the API
         self.dtype = _DTYPES[opts.dtype]
-        self.warn = WarnOnce("px")
+        self.warn = WarnOnce("px", "PX linearises it around the real network's pass")
         model = ctx.model
         # a cast copy of every floating tensor only when the copies run in another dtype
         self.base: dict[str, torch.Tensor] = {}
@@ -156,15 +156,15 @@ class PX(Criterion):
         self.coefficients: dict = {}  # BatchNorm scales of the weight copy, computed once
         self.shape = ctx.batches.first_shape()
         probe = next(iter(ctx.batches))[0][:1].to(self.dtype)
-        self.ids = {id(t): n for n, t in self.weights.items()}
         tape = GateTape()
         try:
             with (
                 torch.no_grad(),
                 substituted(model, {**self.base, **self.weights}),
-                PathMode(REAL, gates=tape, weight_names=self.ids) as mode,
+                PathMode(REAL, gates=tape) as mode,
+                recorded_calls(model) as calls,
             ):
-                model(probe)
+                model(mode.track(probe))
         except (RuntimeError, ValueError, IndexError) as err:
             raise ValueError(
                 f"inputs of shape {tuple(probe.shape[1:])} do not fit the model ({err}); pass "
@@ -172,6 +172,7 @@ class PX(Criterion):
             ) from None
         if opts.micro_batch == "auto":
             ctx.batches.micro_batch = _auto_micro_batch(ctx.device, tape, probe)
+        self.structure = tape.structure()  # what the weight copy replays (kinds, no values)
         self.classifier: str | None = None
         if opts.classifier == "signed":
             if opts.classifier_name is not None:
@@ -183,7 +184,7 @@ class PX(Criterion):
                     )
                 self.classifier = wname
             else:
-                self.classifier = _classifier_from_order(mode.order, ctx.all_weights)
+                self.classifier = _classifier_from_order([n for n, _ in calls], ctx.all_weights)
         if opts.bn == "train":
             warnings.warn(
                 "px bn='train' reproduces the reference code's behaviour: with an all-ones batch "
@@ -232,7 +233,7 @@ class PX(Criterion):
                 lazy=True,  # big batches, no gradient: renormalise only when a bound says so
             )
         return CopySpec(
-            activation="identity",
+            activation="structure",
             maxpool="sum",
             bn=bn,
             bn_power=2,
@@ -257,8 +258,8 @@ class PX(Criterion):
             x = x.to(self.dtype)
             with torch.no_grad():
                 tape = GateTape()
-                with substituted(ctx.model, {**self.base, **real}), PathMode(REAL, gates=tape):
-                    ctx.model(x)
+                with substituted(ctx.model, {**self.base, **real}), PathMode(REAL, gates=tape) as mode:
+                    ctx.model(mode.track(x))
                 out, e = self._data_pass(ctx, data, tape, x, keep)
             total.add(out.sum(0), e)
         acc = total.mantissa
@@ -283,7 +284,8 @@ class PX(Criterion):
                 with (
                     substituted(ctx.model, {**self.base, **data}),
                     PathMode(self._spec("data"), gates=tape, keep_bias=keep, weight_bounds=bounds,
-                             warn=self.warn, safe_aliasing=safe) as mode,
+                             warn=self.warn, safe_aliasing=safe, substituted_only=True,
+                             weight_names={id(t): n for n, t in data.items()}) as mode,
                 ):
                     out = output_tensor(ctx.model(mode.track(x * x)))
                     mode.finish()
@@ -292,6 +294,21 @@ class PX(Criterion):
                 if safe:
                     raise
         raise AssertionError("unreachable")
+
+    def explain_zero(self, ctx: Context, names: list[str]) -> str | None:
+        shown = names[:5]
+        return (
+            f"{'they are' if len(names) > 1 else 'it is'} on no path of PX's linearised network: "
+            "the output reaches the network's output only as a multiplicative coefficient (a "
+            "squeeze-excitation scale, attention scores) or through a product of two data-"
+            f"dependent tensors, which PX's path bound does not cover; exclude {shown!r}"
+            f"{' (and the rest)' if len(names) > 5 else ''} to prune the other layers with PX"
+        )
+
+    def _structure(self) -> GateTape:
+        tape = self.structure
+        tape.cursor = 0
+        return tape
 
     def score(self, ctx: Context, mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         model = ctx.model
@@ -305,10 +322,12 @@ class PX(Criterion):
         with (
             torch.enable_grad(),
             substituted(model, {**self.base, **weight}),
-            PathMode(self._spec("weight"), keep_bias=keep, warn=self.warn,
-                     coefficients=self.coefficients) as mode,
+            PathMode(self._spec("weight"), gates=self._structure(), keep_bias=keep, warn=self.warn,
+                     coefficients=self.coefficients, substituted_only=True,
+                     weight_names={id(t): n for n, t in weight.items()}) as mode,
         ):
             z2 = output_tensor(model(mode.track(ones)))[0]
+            mode.finish()
         with torch.enable_grad():
             r = (z1 * z2).sum()
             grads = torch.autograd.grad(r, list(leaves.values()), allow_unused=True)

@@ -127,8 +127,11 @@ class SNIP(Criterion):
     (N, K, H, W): the mean over all labelled pixels of the split, label 255 ignored).
 
     Data: the pruning split with class-index targets (``needs_targets``). Mode: train mode, so
-    BatchNorm normalises with each micro-batch's statistics (micro-batches therefore change the
-    scores of BN models); running statistics are never updated (scratch copies are substituted);
+    BatchNorm normalises with each micro-batch's statistics: on a network with BatchNorm the
+    scores legitimately depend on how the split is chunked into micro-batches and batches (which
+    samples share a batch), though not on the order of the batches; on a BN-free network they
+    do not depend on chunking, batching or sample order (tested). Running statistics are never
+    updated (scratch copies are substituted);
     dropout is off. Gradients are taken with ``torch.autograd.grad`` on substituted leaves, so no
     ``.grad`` of the model is touched. Cost per round: one forward and one backward pass over the
     split. Options: ``micro_batch`` (default 64).

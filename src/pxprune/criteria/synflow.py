@@ -29,10 +29,11 @@ from .base import Context, Criterion, InputSizeOptions, register_criterion
 from .px import reject_compiled
 
 # SynFlow: |theta| weights; BN an eval-form per-channel scale |gamma|/sqrt(var+eps) with shift 0;
-# biases 0. Every value is >= 0, so ReLU-like gates are the identity and max-pool keeps its max.
-# Average pooling and ``mean`` run as they are (coef_power=None).
-SYNFLOW_SPEC = CopySpec(activation="identity", maxpool="keep", bn="linear", bn_power=1,
-                        coef_power=None, drop_bias=True, scaling="exp")
+# biases 0; every other fixed coefficient |c| (average pooling and ``mean`` are then as they are);
+# every operation runs as it is on the copy's values (ReLU and max-pool on values >= 0; GELU,
+# sigmoid, LayerNorm (weight |gamma|, no bias), softmax and attention the real functions).
+SYNFLOW_SPEC = CopySpec(activation="keep", maxpool="keep", bn="linear", bn_power=1,
+                        coef_power=1, drop_bias=True, scaling="exp")
 
 class Flow(NamedTuple):
     """One path-flow evaluation. The true values are ``scores * 2**exponent`` and
@@ -81,7 +82,8 @@ class _PathFlow(Criterion):
         ones = torch.ones((1, *self.shape), dtype=self.dtype, device=ctx.device)
         try:
             with torch.enable_grad(), substituted(ctx.model, tensors), PathMode(
-                self.spec, warn=self.warn, coefficients=self.coefficients
+                self.spec, warn=self.warn, coefficients=self.coefficients, substituted_only=True,
+                weight_names={id(t): n for n, t in tensors.items()},
             ) as mode:
                 out = output_tensor(ctx.model(mode.track(ones)))
                 exponent = mode.exponent(out)

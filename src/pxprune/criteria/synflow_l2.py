@@ -7,9 +7,10 @@ from ..paths import CopySpec
 from .base import register_criterion
 from .synflow import _PathFlow
 
-# SynFlow-L2 = exactly PX's weight copy (PX.md section 2): weights theta**2, max-pool summed over
-# its window (every position is a path), BN scale and pooling coefficients squared, biases 0.
-SYNFLOW_L2_SPEC = CopySpec(activation="identity", maxpool="sum", bn="linear", bn_power=2,
+# SynFlow-L2: weights theta**2, max-pool summed over its window (every position is a path), BN
+# scale and every other fixed coefficient squared, biases 0; on ReLU networks exactly PX's weight
+# copy (PX.md section 2). Other operations run as they are on the copy's values (SynFlow's rule).
+SYNFLOW_L2_SPEC = CopySpec(activation="keep", maxpool="sum", bn="linear", bn_power=2,
                            coef_power=2, drop_bias=True, scaling="exp")
 
 

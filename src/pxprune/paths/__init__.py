@@ -66,8 +66,11 @@ def output_tensor(out: Any) -> torch.Tensor:
 class WarnOnce:
     """Collects operations outside the path theory and warns once per name."""
 
-    def __init__(self, criterion: str) -> None:
+    def __init__(
+        self, criterion: str, treatment: str = "the copies run it on the values they stand for"
+    ) -> None:
         self.criterion = criterion
+        self.treatment = treatment
         self.seen: set[str] = set()
 
     def __call__(self, what: str) -> None:
@@ -75,7 +78,7 @@ class WarnOnce:
             self.seen.add(what)
             warnings.warn(
                 f"{self.criterion}: {what} is outside the path theory (bias-free ReLU networks); "
-                "the path copies give it the true values, so scores are approximate",
+                f"{self.treatment} (docs/design/PX.md, 'Beyond the theory')",
                 PathTheoryWarning,
                 stacklevel=4,
             )

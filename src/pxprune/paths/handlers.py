@@ -1,23 +1,42 @@
 """What each kind of torch operation means in a path copy: one function per kind.
 
 Every handler has the signature ``handler(mode, func, args, kwargs)`` and is looked up by
-``pxprune.paths.table``. A handler either runs the operation as it is (nothing tracked, or an
-operation the spec leaves alone), or computes the copy's meaning of it and registers the exponent
-(and magnitude bound) of *its own output* with ``mode.scale`` (the invariant of
-``pxprune.paths.scale``).
+``pxprune.paths.table``. A handler either runs the operation as it is (nothing tracked, or a pass
+that leaves it alone), or computes the copy's meaning of it and registers the exponent (and
+magnitude bound) of *its own output* with ``mode.scale`` (the invariant of ``pxprune.paths.scale``).
 
-Kinds, by how they treat a power-of-two scale ``2**e`` of their operands:
+The passes (``CopySpec.activation``) and what they make of an operation on data-dependent tensors:
 
-- homogeneous (shape ops, ``abs``, ``max``, dropout in eval, interpolation, ...): ``f(2**e x) =
-  2**e f(x)``, so the output keeps the exponent and the bound;
-- additive (``add``, ``cat``, ``where``, ...): operands (and value scalars) are aligned to the
-  largest exponent first;
-- products and quotients: exponents add or subtract; matmul-like products also grow (renormalise);
-- linear maps with weights (conv, linear), sums and pooling: grow by a known factor;
-- gates (ReLU family, max-pool) and BatchNorm: what the spec says (``pxprune.paths.spec``);
-- everything else is *not* homogeneous (sigmoid, softmax, LayerNorm, ``clamp`` at a non-zero value,
-  ...): it is given the true values of its operands (an error where they would overflow) and its
-  output carries exponent 0.
+- ``record`` (the real network): runs it, and puts on the tape what the copies need of the real
+  values: ReLU gates, max-pool argmaxes, the derivative of every other elementwise activation,
+  the value of a multiplicative coefficient (a sigmoid / hard-sigmoid / softmax output that
+  multiplies another data-dependent tensor), the per-sample statistics of a normalisation, the
+  probabilities of an attention, the result of a comparison.
+- ``replay`` (the PX data copy): the linearisation of the real network around that pass, with
+  every data-dependent factor squared: ``x * g**2`` for a gate or activation derivative g, the
+  coefficient squared, ``x / sigma**2`` for a normalisation, ``(P * P) @ v`` for an attention; a
+  comparison gives the recorded result.
+- ``structure`` (the PX weight copy, no sample of its own): the same operations with every
+  data-dependent factor 1: gates and activations are the identity, coefficients are ones, a
+  normalisation is its weight ``gamma`` (squared with the other fixed coefficients), an attention
+  sums over every key it may attend to.
+- ``keep`` (SynFlow, SynFlow-L2, plain copies): the real operations on the copy's values
+  (normalisations and softmax computed from the mantissas, exactly; others from true values).
+- ``identity`` (reachability, ``scaling="binary"``): every operation passes connectivity.
+
+Fixed coefficients c (a Python number, a parameter that multiplies, average pooling, ``mean``,
+``-`` and ``alpha=``, a BatchNorm's eval scale, a matrix that is not a substituted weight) contribute
+``|c| ** coef_power`` (``CopySpec.coef_power``: 0 in the data copy, 1 in SynFlow, 2 in the weight
+copy and SynFlow-L2; None: as they are). What is added without depending on the data (biases,
+constants, positional embeddings, a class token) carries no path and is 0 when ``drop_bias``.
+A product of two data-dependent tensors of which neither is a coefficient is cut: no path crosses
+it (the output is 0 in the copy; ``mode.cut`` names the operation).
+
+How the power-of-two scale ``2**e`` goes through an operation: homogeneous ones (shape ops,
+``abs``, ``max``, dropout in eval, interpolation, ...) keep the exponent; additive ones align their
+operands to the largest exponent; products add exponents; linear maps, sums and pooling grow;
+anything not listed is not homogeneous and is given the true values of its operands (an error
+where they would overflow), its output carrying exponent 0.
 """
 
 from __future__ import annotations
@@ -29,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .scale import ldexp, log2_bound
+from .scale import abs_max, ldexp, log2_bound
 from .signatures import arguments
 from .tape import Gate
 
@@ -85,6 +104,27 @@ def _name(func) -> str:  # noqa: ANN001
     return getattr(func, "__name__", "")
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _linearised(mode) -> bool:  # noqa: ANN001
+    """A copy with fixed-coefficient semantics (PX's copies, SynFlow(s), reachability)."""
+    return mode.spec.coef_power is not None
+
+
+def _fixed(mode, c: Any) -> Any:  # noqa: ANN001
+    """A fixed coefficient c as the copy sees it: ``|c| ** coef_power`` (0**0 is 0: no path)."""
+    p = mode.spec.coef_power
+    if mode.scale.binary or p == 0:
+        if isinstance(c, torch.Tensor):
+            return (c != 0).to(c.dtype if c.is_floating_point() else torch.float32)
+        return 1.0 if c != 0 else 0.0
+    if isinstance(c, torch.Tensor):
+        return c.detach().abs() ** p
+    return abs(float(c)) ** p
+
+
 # ----------------------------------------------------------------------------- generic kinds
 def passthrough(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
     return func(*args, **kwargs)
@@ -121,7 +161,7 @@ def true_values(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
     if not mode.scale.active or _first_tracked(mode, args, kwargs) is None:
         return func(*args, **kwargs)
     name = _name(func)
-    if mode.warn is not None:
+    if mode.warn is not None and not mode.scale.binary:
         mode.warn(mode.outside_name(func))
 
     def real(t: Any) -> Any:
@@ -152,13 +192,20 @@ _VALUE_ARGS = {
     "pad": ((3, "value"),),
     "masked_fill": ((2, "value"),),
     "masked_fill_": ((2, "value"),),
-    "cat": (), "concat": (), "concatenate": (), "stack": (), "hstack": (), "vstack": (), "dstack": (),
+    "cat": (), "concat": (), "concatenate": (), "stack": (), "hstack": (), "vstack": (),
+    "dstack": (),
 }
 _DEFAULT_VALUE_ARGS = ((1, "other"),)
+_SELECTING = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "where",
+              "maximum", "minimum", "fmax", "fmin", "max", "min", "__setitem__", "pad",
+              "masked_fill", "masked_fill_"}
+_SUBTRACTING = {"sub", "sub_", "subtract", "__sub__", "__isub__", "rsub", "__rsub__"}
 
 
 def additive(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
-    """Sums, concatenations, selections: align every floating operand to the largest exponent."""
+    """Sums, concatenations, selections: align every floating operand to the largest exponent.
+    In a linearised copy a difference is a sum (the coefficient -1 contributes ``1``), ``alpha``
+    is a fixed coefficient, and what does not depend on the data is a bias (0 with ``drop_bias``)."""
     if not mode.scale.active:
         return func(*args, **kwargs)
     tensors = _floats(args, kwargs)
@@ -168,12 +215,15 @@ def additive(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
     inplace = is_inplace(name)
     if inplace and tensors and tensors[0] in mode.shared:
         return out_of_place(mode, func, args, kwargs)
+    scalar_slots = _VALUE_ARGS.get(name, _DEFAULT_VALUE_ARGS)
+    if _linearised(mode):
+        args, kwargs = _linear_combination(mode, name, args, kwargs, scalar_slots)
+        tensors = _floats(args, kwargs)
     if mode.scale.binary:
         out = func(*args, **kwargs)
         return _mark(mode, out, 0, None)
     exps = {id(t): mode.scale.exponent(t) for t in tensors}
     target = max(exps.values())
-    scalar_slots = _VALUE_ARGS.get(name, _DEFAULT_VALUE_ARGS)
     if inplace and exps[id(tensors[0])] != target:
         ldexp(tensors[0], exps[id(tensors[0])] - target, inplace=True)
 
@@ -208,45 +258,41 @@ def additive(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
     return _mark(mode, out, target, bound)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+def _linear_combination(mode, name: str, args: tuple, kwargs: dict, slots) -> tuple[tuple, dict]:  # noqa: ANN001
+    """The operands of an additive operation as a linearised copy sees them."""
+    drop = mode.spec.drop_bias
 
+    def bias(t: Any) -> Any:
+        if drop and isinstance(t, torch.Tensor) and t.is_floating_point() and not mode.scale.tracked(t):
+            if mode.scale.binary and t.requires_grad:
+                return t  # reachability: a branch computed from weights (a position bias) counts
+            return torch.zeros_like(t)
+        return t
 
-_SELECTING = {"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack", "where",
-              "maximum", "minimum", "fmax", "fmin", "max", "min", "__setitem__", "pad",
-              "masked_fill", "masked_fill_"}
+    args, kwargs = _map(bias, args, kwargs)
+    args, kwargs = list(args), dict(kwargs)
+    if drop:
+        for pos, key in slots:
+            if pos < len(args) and _is_number(args[pos]):
+                args[pos] = 0.0
+            elif key in kwargs and _is_number(kwargs[key]):
+                kwargs[key] = 0.0
+    if "alpha" in kwargs:
+        kwargs["alpha"] = _fixed(mode, kwargs["alpha"])
+    if name in _SUBTRACTING:
+        kwargs["alpha"] = -float(kwargs.get("alpha", 1.0))  # a - b (alpha) -> a + b |alpha|^p
+    return tuple(args), kwargs
 
 
 def out_of_place(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
-    """An in-place operation on a tensor that is shared with the model's input of an identity
-    (see ``batch_norm``): run the out-of-place version instead."""
+    """An in-place operation on a tensor that is shared with the input of an identity (see
+    ``batch_norm``): run the out-of-place version instead."""
     name = _name(func)
     base = name[3:-2] if name.startswith("__i") else name[:-1]  # "__iadd__", "add_" -> "add"
     op = getattr(torch.Tensor, base, None)
     if op is None:
         raise NotImplementedError(f"in-place {name} on a shared tensor in a path copy")
     return mode.__torch_function__(op, (), args, kwargs)
-
-
-def product(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
-    """Elementwise products: exponents add, bounds add."""
-    if not mode.scale.active:
-        return func(*args, **kwargs)
-    a = args[0] if args else kwargs.get("input")
-    b = args[1] if len(args) > 1 else kwargs.get("other")
-    ta, tb = mode.scale.tracked(a), mode.scale.tracked(b)
-    if not (ta or tb):
-        return func(*args, **kwargs)
-    name = _name(func)
-    if is_inplace(name) and a in mode.shared:
-        return out_of_place(mode, func, args, kwargs)
-    if mode.scale.binary:
-        return _mark(mode, func(*args, **kwargs), 0, None)
-    e = (mode.scale.exponent(a) if ta else 0) + (mode.scale.exponent(b) if tb else 0)
-    bound = _bound_of(mode, a) if a is not None else None
-    bb = _bound_of(mode, b)
-    bound = None if bound is None or bb is None else bound + bb
-    return _mark(mode, func(*args, **kwargs), e, bound)
 
 
 def _bound_of(mode, v: Any) -> float | None:  # noqa: ANN001
@@ -257,37 +303,136 @@ def _bound_of(mode, v: Any) -> float | None:  # noqa: ANN001
     return None
 
 
-def quotient(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
-    """Elementwise quotients: exponents subtract (``__rtruediv__`` is ``other / self``)."""
-    if not mode.scale.active:
-        return func(*args, **kwargs)
+def _cut(mode, func, like: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """A product of two data-dependent tensors that is not a coefficient: no path crosses it.
+    The zeros stay tracked, so that what the real pass recorded downstream (a softmax of
+    attention scores, say) is still taken back in order."""
+    mode.cut.append(_name(func) or repr(func))
+    return _mark(mode, torch.zeros_like(like), 0, -math.inf)
+
+
+def _union(mode, func, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """Reachability of a product of two data-dependent tensors: connected through either factor
+    (the other is rarely exactly 0, as a squeeze-excitation scale or attention scores are not)."""
+    out = func(a, b) + func(a, torch.ones_like(b)) + func(torch.ones_like(a), b)
+    return _mark(mode, _binarize(out), 0, None)
+
+
+def product(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """Elementwise products: exponents add, bounds add. In a linearised copy a factor that does
+    not depend on the data is a fixed coefficient (``|c| ** coef_power``), a recorded coefficient
+    is used as it is, and a product of two data-dependent tensors is cut."""
+    name = _name(func)
     a = args[0] if args else kwargs.get("input")
     b = args[1] if len(args) > 1 else kwargs.get("other")
+    if mode.spec.activation == "record":
+        mode.mark_coefficient(a, b)
+        return func(*args, **kwargs)
+    if not mode.scale.active:
+        return func(*args, **kwargs)
     ta, tb = mode.scale.tracked(a), mode.scale.tracked(b)
     if not (ta or tb):
         return func(*args, **kwargs)
-    name = _name(func)
     if is_inplace(name) and a in mode.shared:
         return out_of_place(mode, func, args, kwargs)
+    if _linearised(mode) and not (ta and tb and mode.spec.activation == "keep"):
+        if ta and tb:
+            if mode.scale.binary:
+                return _union(mode, func, a, b)
+            return _cut(mode, func, func(*args, **kwargs))
+        x, c = (a, b) if ta else (b, a)
+        if not (isinstance(c, torch.Tensor) and c in mode.coefficient_out):
+            c = _fixed(mode, c)
+        if is_inplace(name):
+            out = a.mul_(c)
+        else:
+            out = torch.mul(x, c)
+        if mode.scale.binary:
+            return _mark(mode, out, 0, None)
+        bx, bc = mode.scale.bound(x), _bound_of(mode, c)
+        if isinstance(c, torch.Tensor) and bc is None:
+            bc = log2_bound(abs_max(c)) if mode.scale.lazy else None
+        return _mark(mode, out, mode.scale.exponent(x), None if bx is None or bc is None else bx + bc)
+    if mode.scale.binary:
+        return _mark(mode, func(*args, **kwargs), 0, None)
+    e = (mode.scale.exponent(a) if ta else 0) + (mode.scale.exponent(b) if tb else 0)
+    bound = _bound_of(mode, a) if a is not None else None
+    bb = _bound_of(mode, b)
+    bound = None if bound is None or bb is None else bound + bb
+    return _mark(mode, func(*args, **kwargs), e, bound)
+
+
+def quotient(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """Elementwise quotients: exponents subtract (``__rtruediv__`` is ``other / self``). In a
+    linearised copy dividing by a constant is a fixed coefficient; dividing by data is not
+    linear (a constant divided by data is an activation, anything else is cut)."""
+    name = _name(func)
+    a = args[0] if args else kwargs.get("input")
+    b = args[1] if len(args) > 1 else kwargs.get("other")
+    if mode.spec.activation == "record":
+        return func(*args, **kwargs)
+    if not mode.scale.active:
+        return func(*args, **kwargs)
+    ta, tb = mode.scale.tracked(a), mode.scale.tracked(b)
+    if not (ta or tb):
+        return func(*args, **kwargs)
+    if is_inplace(name) and a in mode.shared:
+        return out_of_place(mode, func, args, kwargs)
+    if kwargs.get("rounding_mode") is not None:  # floor/trunc division is not homogeneous
+        return true_values(mode, func, args, kwargs)
+    numerator_tracked = tb if name == "__rtruediv__" else ta
+    denominator_tracked = ta if name == "__rtruediv__" else tb
+    if _linearised(mode) and not (denominator_tracked and mode.spec.activation == "keep"):
+        if denominator_tracked:
+            if mode.scale.binary:
+                return _union(mode, torch.mul, a, b) if ta and tb else _mark(
+                    mode, func(*args, **kwargs), 0, None)
+            return _cut(mode, func, func(*args, **kwargs))
+        x = a if numerator_tracked and name != "__rtruediv__" else b
+        c = b if x is a else a
+        coef = _fixed(mode, 1.0 / c if _is_number(c) else 1.0 / c.detach())
+        out = x.mul_(coef) if is_inplace(name) else torch.mul(x, coef)
+        return _mark(mode, out, mode.scale.exponent(x), None)
     if mode.scale.binary:
         return _mark(mode, func(*args, **kwargs), 0, None)
     ea = mode.scale.exponent(a) if ta else 0
     eb = mode.scale.exponent(b) if tb else 0
     e = eb - ea if name == "__rtruediv__" else ea - eb
-    if kwargs.get("rounding_mode") is not None:  # floor/trunc division is not homogeneous
-        return true_values(mode, func, args, kwargs)
     return _mark(mode, func(*args, **kwargs), e, None)
 
 
 def matmul(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
-    """Matrix products (and einsum): exponents of the operands add; the output grows."""
+    """Matrix products (and einsum): exponents of the operands add; the output grows. In a
+    linearised copy a matrix that does not depend on the data is a fixed linear map
+    (``|W| ** coef_power``), a recorded coefficient (attention probabilities) is used as it is,
+    and a product of two data-dependent matrices is cut."""
+    if mode.spec.activation == "record":
+        ops = [t for t in _floats(args, kwargs)]
+        if len(ops) == 2:
+            mode.mark_coefficient(ops[0], ops[1])
+        return func(*args, **kwargs)
     if not mode.scale.active:
         return func(*args, **kwargs)
     tensors = _floats(args, kwargs)
     tracked = [t for t in tensors if mode.scale.tracked(t)]
     if not tracked:
         return func(*args, **kwargs)
+    if _linearised(mode):
+        if len(tracked) > 1 and mode.scale.binary and len(tensors) == 2 and _name(func) != "einsum":
+            return _union(mode, func, tensors[0], tensors[1])
+        if len(tracked) > 1 and not mode.scale.binary and mode.spec.activation != "keep":
+            return _cut(mode, func, func(*args, **kwargs))
+
+        def fixed(t: Any) -> Any:
+            if (isinstance(t, torch.Tensor) and t.is_floating_point() and not mode.scale.tracked(t)
+                    and t not in mode.coefficient_out):
+                return _fixed(mode, t)
+            return t
+
+        args, kwargs = _map(fixed, args, kwargs)
     out = func(*args, **kwargs)
+    if mode.scale.binary:
+        return mode.scale.grown(out, 0, None, inplace=False)
     e = sum(mode.scale.exponent(t) for t in tracked)
     return mode.scale.grown(out, e, None, inplace=False)
 
@@ -308,32 +453,30 @@ def reduce_sum(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
 
 
 # ----------------------------------------------------------------------------- weights
-_CONVS = {"conv1d", "conv2d", "conv3d"}
+
 
 
 def linear_map(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
-    """conv1d/2d/3d and linear: biases dropped (or scaled with the input), positions recorded."""
+    """conv1d/2d/3d and linear: biases dropped (or scaled with the input).
+    A weight the criterion did not substitute (say a packed attention projection) is a fixed
+    linear map of a linearised copy: ``|W| ** coef_power``."""
     spec = mode.spec
     if not (mode.weight_names or mode.scale.active or spec.drop_bias):
         return func(*args, **kwargs)  # a real pass
-    name = _name(func)
     b = arguments(func, args, kwargs)
     x, w, bias = b.pop("input"), b.pop("weight"), b.pop("bias", None)
-    wname = mode.weight_names.get(id(w))
-    if wname is not None:
-        mode.order.append(wname)
+    wname = mode.weight_of(w)
     if spec.drop_bias and wname not in mode.keep_bias:
         bias = None
     tracked = mode.scale.tracked(x)
+    if tracked and wname is None and mode.substituted_only and _linearised(mode):
+        w = _fixed(mode, w)
     if bias is not None and tracked:
         if mode.scale.binary:
             bias = (bias != 0).to(bias.dtype)
         else:
             bias = ldexp(bias, -mode.scale.exponent(x))
     out = func(x, w, bias, **b)
-    if wname is not None:
-        channels = out.shape[1] if name in _CONVS else out.shape[-1]
-        mode.positions[wname] = out.numel() // max(1, out.shape[0] * channels)
     if not tracked:
         return out
     bound = None
@@ -362,6 +505,8 @@ def activation(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
         kind, slope, lo, hi = "relu", 0.0, 0.0, math.inf
     how = mode.spec.activation
     if how == "record":
+        if not mode.depends(x):
+            return func(*args, **kwargs)
         shape = tuple(x.shape)
         if kind == "relu":
             out = func(*args, **kwargs)
@@ -375,6 +520,8 @@ def activation(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
         mode.tape.record(Gate(kind, shape, gate, slope))
         return func(*args, **kwargs)
     tracked = mode.scale.tracked(x)
+    if not tracked and how in ("replay", "structure"):
+        return func(*args, **kwargs)
     if how == "replay":
         g = mode.tape.next(kind, tuple(x.shape))
         grow = 0.0
@@ -385,10 +532,12 @@ def activation(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
             # a bool factor takes a slow mixed-dtype path on the CPU; its uint8 view does not
             factor = g.data.view(torch.uint8)
         out = x.mul_(factor) if inplace and x not in mode.shared else x * factor
-        if tracked:
-            bx = mode.scale.bound(x)
-            mode.scale.register(out, mode.scale.exponent(x), None if bx is None else bx + grow)
+        bx = mode.scale.bound(x)
+        mode.scale.register(out, mode.scale.exponent(x), None if bx is None else bx + grow)
         return out
+    if how == "structure":
+        mode.tape.next_structure(kind, tuple(x.shape))
+        how = "identity"
     if how == "identity":
         if inplace:
             return x
@@ -397,6 +546,8 @@ def activation(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
             mode.scale.register(out, mode.scale.exponent(x), mode.scale.bound(x))
         return out
     if tracked and kind == "hardtanh" and not mode.scale.binary:
+        if _linearised(mode):  # SynFlow: saturation is ignored (an all-ones net saturates)
+            return activation(mode, F.relu, (x,), {"inplace": inplace})
         return true_values(mode, func, args, kwargs)  # saturation at a value: not homogeneous
     out = func(*args, **kwargs)
     if tracked:
@@ -404,6 +555,377 @@ def activation(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
     return out
 
 
+# elementwise activations (and other elementwise functions of one tensor) that are not ReLU-like
+COEFFICIENT_CAPABLE = {"sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "tanh", "tanh_"}
+
+
+def elementwise(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """GELU, SiLU, sigmoid, tanh, hard-swish, ``exp``, ``pow``, ``clamp``, ...: in PX's copies a gate
+    equal to the derivative at the real pre-activation (or, for a sigmoid / hard-sigmoid / tanh
+    whose output multiplies other data, a recorded coefficient); the real function elsewhere."""
+    name = _name(func)
+    how = mode.spec.activation
+    x = args[0] if args else kwargs.get("input")
+    if how == "record":
+        if not (isinstance(x, torch.Tensor) and mode.depends(x)) or not x.is_floating_point():
+            return func(*args, **kwargs)
+        return _record_elementwise(mode, func, name, x, args, kwargs)
+    if not mode.scale.active or not mode.scale.tracked(x):
+        return func(*args, **kwargs) if mode.scale.active else true_values(mode, func, args, kwargs)
+    if mode.scale.binary:
+        return _mark(mode, x if _inplace_call(name, kwargs) else x.clone(), 0, None)
+    if how not in ("replay", "structure"):
+        return true_values(mode, func, args, kwargs)  # the real function (it warns)
+    _warn(mode, func)
+    take = mode.tape.next if how == "replay" else mode.tape.next_structure
+    g = take("act", tuple(x.shape))
+    if g.kind == "coef":
+        return _coefficient(mode, g, x)
+    inplace = _inplace_call(name, kwargs)
+    if how == "structure":
+        out = x if inplace else x.clone()
+        return _mark(mode, out, mode.scale.exponent(x), mode.scale.bound(x))
+    factor = g.data  # the derivative squared
+    out = x.mul_(factor) if inplace and x not in mode.shared else x * factor
+    bx = mode.scale.bound(x)
+    return _mark(mode, out, mode.scale.exponent(x), None if bx is None else bx + g.slope)
+
+
+def _warn(mode, func) -> None:  # noqa: ANN001
+    if mode.warn is not None:
+        mode.warn(mode.outside_name(func))
+
+
+def _inplace_call(name: str, kwargs: dict) -> bool:
+    return is_inplace(name) or bool(kwargs.get("inplace", False))
+
+
+def _record_elementwise(mode, func, name: str, x: torch.Tensor, args: tuple, kwargs: dict):  # noqa: ANN001
+    shape = tuple(x.shape)
+    if name in COEFFICIENT_CAPABLE:
+        out = func(*args, **kwargs)
+        gate = Gate("act", shape, torch.empty(0), 0.0, extra={"out": out.detach(), "func": func,
+                                                             "args": args[1:], "kwargs": kwargs})
+        index = mode.tape.record(gate)
+        mode.provenance[out] = index
+        return out
+    base = getattr(torch.Tensor, name[:-1], None) if is_inplace(name) else func
+    kw = {k: v for k, v in kwargs.items() if k != "inplace"}
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        y = base(xr, *args[1:], **kw)
+        (g,) = torch.autograd.grad(y, xr, torch.ones_like(y))
+    g2 = (g * g).detach()
+    top = abs_max(g2)
+    mode.tape.record(Gate("act", shape, g2, log2_bound(top) if top > 0 else 0.0))
+    if _inplace_call(name, kwargs):
+        return func(*args, **kwargs)
+    return y.detach()
+
+
+def _derivative_of(gate: Gate) -> None:
+    """Turn a coefficient-capable entry that was never used as a coefficient into a gate."""
+    out, func = gate.extra["out"], gate.extra["func"]
+    name = _name(func)
+    base = getattr(torch.Tensor, name[:-1], None) if is_inplace(name) else func
+    # the input is not kept: for sigmoid, hard-sigmoid and tanh the derivative follows from y
+    if name.startswith("sigmoid"):
+        g = out * (1 - out)
+    elif name.startswith("tanh"):
+        g = 1 - out * out
+    else:  # hard-sigmoid: 1/6 inside (0, 1), 0 where saturated
+        g = ((out > 0) & (out < 1)).to(out.dtype) / 6.0
+    del base
+    g2 = g * g
+    top = abs_max(g2)
+    gate.data, gate.slope = g2, (log2_bound(top) if top > 0 else 0.0)
+    gate.extra = {}
+
+
+def _coefficient(mode, gate: Gate, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """The value of a recorded coefficient in this copy: squared (data copy) or ones (weight
+    copy), as a constant the products use as it is."""
+    if mode.spec.activation == "replay":
+        c = gate.extra["out"].to(x.dtype)
+        c = c * c
+    else:
+        c = torch.ones_like(x)
+    mode.coefficient_out[c] = True
+    return c
+
+
+def softmax(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """softmax / log_softmax: in PX's copies a coefficient (attention probabilities); in SynFlow
+    the real softmax, computed from the mantissas (shifted by the maximum: exact, no overflow)."""
+    name = _name(func)
+    how = mode.spec.activation
+    x = args[0] if args else kwargs.get("input")
+    b = arguments(func, args, kwargs)
+    dim = b.get("dim")
+    if how == "record":
+        out = func(*args, **kwargs)
+        if isinstance(x, torch.Tensor) and mode.depends(x):
+            index = mode.tape.record(Gate("coef", tuple(x.shape), torch.empty(0),
+                                          extra={"out": out.detach()}))
+            mode.provenance[out] = index
+        return out
+    if not mode.scale.active or not mode.scale.tracked(x):
+        return func(*args, **kwargs)
+    if mode.scale.binary:
+        # never 0 (softmax of anything is positive), and every output of a row depends on every
+        # input of the row: ones forward, connectivity back to the row's inputs
+        out = _binarize(torch.ones_like(x) + x.sum(dim, keepdim=True).expand_as(x))
+        return _mark(mode, out, 0, None)
+    _warn(mode, func)
+    if how in ("replay", "structure"):
+        g = mode.tape.next("coef", tuple(x.shape)) if how == "replay" else mode.tape.next_structure(
+            "coef", tuple(x.shape))
+        return _coefficient(mode, g, x)
+    e = mode.scale.exponent(x)
+    shifted = x - x.amax(dim, keepdim=True)
+    t = ldexp(shifted.to(torch.float64), e).to(x.dtype) if e else shifted
+    out = func(t, dim) if name in ("softmax", "log_softmax") else func(t, *args[1:], **kwargs)
+    return _mark(mode, out, 0, None)
+
+
+def _binarize(t: torch.Tensor) -> torch.Tensor:
+    from .scale import _Binarize
+
+    return _Binarize.apply(t)
+
+
+def comparison(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """Comparisons and other non-floating results of data-dependent tensors: the copies take
+    the real network's result (so that ``torch.where`` selects what the real network selected)."""
+    how = mode.spec.activation
+    if how == "record":
+        out = func(*args, **kwargs)
+        if any(isinstance(t, torch.Tensor) and mode.depends(t) for t in _floats(args, kwargs)):
+            if isinstance(out, torch.Tensor) and not out.is_floating_point():
+                mode.tape.record(Gate("cond", tuple(out.shape), out))
+        return out
+    if how in ("replay", "structure") and _first_tracked(mode, args, kwargs) is not None:
+        out_shape = None
+        g = mode.tape.next("cond", out_shape) if how == "replay" else mode.tape.next_structure("cond", None)
+        return g.data
+    return true_values(mode, func, args, kwargs)
+
+
+_NORMS = {"layer_norm": 1, "group_norm": 2, "instance_norm": 3, "rms_norm": 4}
+
+
+def normalisation(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """LayerNorm, GroupNorm, InstanceNorm, RMSNorm, ``F.normalize``: a per-sample linear map with
+    the real statistics, ``x -> gamma * x / sigma`` (centring and beta dropped, as BatchNorm's shift):
+    1/sigma is data (squared in the data copy, 1 in the weight copy), gamma a fixed coefficient.
+    SynFlow: the real normalisation, which is scale-invariant (computed from the mantissa)."""
+    name = _name(func)
+    how = mode.spec.activation
+    b = arguments(func, args, kwargs)
+    x = b["input"]
+    if how == "record":
+        if not mode.depends(x):
+            return func(*args, **kwargs)
+        inv = _inverse_sigma(name, x, b)
+        mode.tape.record(Gate("norm", tuple(x.shape), (inv * inv).detach()))
+        return func(*args, **kwargs)
+    if not mode.scale.active or not mode.scale.tracked(x):
+        return func(*args, **kwargs)
+    if mode.scale.binary:
+        return _mark(mode, x.clone(), 0, None)
+    weight = b.get("weight")
+    _warn(mode, func)
+    if how in ("replay", "structure"):
+        if how == "replay":
+            g = mode.tape.next("norm", tuple(x.shape))
+            out = x * g.data.to(x.dtype)
+        else:
+            mode.tape.next_structure("norm", tuple(x.shape))
+            out = x.clone() if weight is None else x * _norm_weight(name, weight, x, mode)
+        return _mark(mode, out, mode.scale.exponent(x), None)
+    if _linearised(mode):  # SynFlow family: the real (scale-invariant) normalisation
+        e = mode.scale.exponent(x)
+        eps = float(b.get("eps", 1e-5) or 1e-5)
+        kw = dict(b)
+        kw.pop("input")
+        kw["eps"] = math.ldexp(eps, -e if name == "normalize" else -2 * e)
+        if weight is not None:
+            kw["weight"] = _fixed(mode, weight)
+        if "bias" in kw:
+            kw["bias"] = None
+        out = func(x, **kw)
+        return _mark(mode, out, 0, None)
+    return true_values(mode, func, args, kwargs)
+
+
+def _inverse_sigma(name: str, x: torch.Tensor, b: dict) -> torch.Tensor:
+    """1 / sqrt(var + eps) of the real input, broadcastable to it (``normalize``: 1 / ||x||)."""
+    eps = float(b.get("eps", 1e-5) or 1e-5)
+    with torch.no_grad():
+        if name == "normalize":
+            p, dim = b.get("p", 2.0), b.get("dim", 1)
+            return 1.0 / torch.linalg.vector_norm(x, ord=p, dim=dim, keepdim=True).clamp_min(
+                float(b.get("eps", 1e-12)))
+        if name == "layer_norm":
+            n = len(b["normalized_shape"]) if not isinstance(b["normalized_shape"], int) else 1
+            dims = tuple(range(x.dim() - n, x.dim()))
+            return torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
+        if name == "rms_norm":
+            n = len(b["normalized_shape"]) if not isinstance(b["normalized_shape"], int) else 1
+            dims = tuple(range(x.dim() - n, x.dim()))
+            return torch.rsqrt((x * x).mean(dims, keepdim=True) + eps)
+        if name == "group_norm":
+            g = int(b["num_groups"])
+            v = x.reshape(x.shape[0], g, -1).var(-1, unbiased=False, keepdim=True)
+            inv = torch.rsqrt(v + eps)  # (N, G, 1)
+            per = x.shape[1] // g
+            inv = inv.repeat_interleave(per, 1).reshape(x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+            return inv
+        dims = tuple(range(2, x.dim()))  # instance norm
+        return torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
+
+
+def _norm_weight(name: str, weight: torch.Tensor, x: torch.Tensor, mode) -> torch.Tensor:  # noqa: ANN001
+    w = _fixed(mode, weight.to(x.dtype))
+    if name in ("group_norm", "instance_norm"):
+        return w.reshape(1, -1, *([1] * (x.dim() - 2)))
+    return w
+
+
+def attention(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """scaled_dot_product_attention ``softmax(q k^T / sqrt(d) + mask) v``: the probabilities P
+    are a coefficient (the query/key branch carries no path): ``(P * P) @ v`` in the data copy,
+    a sum over every key a query may attend to in the weight copy. SynFlow: the real attention
+    from the mantissas (exact softmax). Reachability: connectivity through values, queries, keys."""
+    how = mode.spec.activation
+    b = arguments(func, args, kwargs)
+    q, k, v = b.get("query", args[0] if args else None), b.get("key"), b.get("value")
+    mask, causal = b.get("attn_mask"), bool(b.get("is_causal", False))
+    scale = b.get("scale")
+    if how == "record":
+        out = func(*args, **kwargs)
+        if any(isinstance(t, torch.Tensor) and mode.depends(t) for t in (q, k, v)):
+            probs = _probabilities(q, k, mask, causal, scale)
+            mode.tape.record(Gate("attn", tuple(v.shape), probs))
+        return out
+    if not mode.scale.active or not any(mode.scale.tracked(t) for t in (q, k, v)):
+        return func(*args, **kwargs)
+    if mode.scale.binary:  # values reach every query they may attend to; queries and keys too
+        ones = _support(q.shape[-2], k.shape[-2], mask, causal, v.dtype, v.device)
+        rows = (q @ k.transpose(-2, -1)).sum(-1, keepdim=True)
+        out = _binarize(ones @ v + rows)
+        return _mark(mode, out, 0, None)
+    _warn(mode, func)
+    if how in ("replay", "structure"):
+        if how == "replay":
+            g = mode.tape.next("attn", tuple(v.shape))
+            mix = (g.data * g.data).to(v.dtype)
+        else:
+            mode.tape.next_structure("attn", tuple(v.shape))
+            mix = _support(q.shape[-2], k.shape[-2], mask, causal, v.dtype, v.device)
+        if not mode.scale.tracked(v):
+            return torch.zeros_like(func(*args, **kwargs))
+        out = mix @ v
+        return mode.scale.grown(out, mode.scale.exponent(v), None, inplace=False)
+    if _linearised(mode):  # SynFlow: the real attention, exactly, from the mantissas
+        eq = mode.scale.exponent(q) if mode.scale.tracked(q) else 0
+        ek = mode.scale.exponent(k) if mode.scale.tracked(k) else 0
+        d = q.shape[-1]
+        s = (q @ k.transpose(-2, -1)).to(torch.float64)
+        s = s - s.amax(-1, keepdim=True)
+        s = ldexp(s, eq + ek) * (scale if scale is not None else d**-0.5)
+        if mask is not None:
+            s = s + (mask.to(torch.float64) if mask.is_floating_point()
+                     else torch.zeros_like(s).masked_fill(~mask, -math.inf))
+        if causal:
+            s = s.masked_fill(~torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril(), -math.inf)
+        p = torch.softmax(s, -1).to(v.dtype)
+        out = p @ v
+        if mode.scale.tracked(v):
+            return mode.scale.grown(out, mode.scale.exponent(v), None, inplace=False)
+        return out
+    return true_values(mode, func, args, kwargs)
+
+
+def _probabilities(q, k, mask, causal: bool, scale) -> torch.Tensor:  # noqa: ANN001
+    with torch.no_grad():
+        s = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+        if mask is not None:
+            s = s + mask if mask.is_floating_point() else s.masked_fill(~mask, -math.inf)
+        if causal:
+            keep = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
+            s = s.masked_fill(~keep, -math.inf)
+        return torch.softmax(s, -1)
+
+
+def _support(lq: int, lk: int, mask, causal: bool, dtype, device) -> torch.Tensor:  # noqa: ANN001
+    """Ones where a query may attend to a key (every pair, unless a bool mask or causality)."""
+    ones = torch.ones(lq, lk, dtype=dtype, device=device)
+    if causal:
+        ones = ones.tril()
+    if mask is not None and not mask.is_floating_point():
+        ones = ones * mask.to(dtype)
+    elif mask is not None:
+        ones = ones * torch.isfinite(mask).to(dtype)
+    return ones
+
+
+def multi_head_attention(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """``F.multi_head_attention_forward``, decomposed into its projections and a scaled dot-product
+    attention that the mode handles one by one (the common configurations; others are refused)."""
+    b = arguments(func, args, kwargs)
+    query, key, value = b["query"], b["key"], b["value"]
+    if not any(isinstance(t, torch.Tensor) and (mode.depends(t) if mode.spec.activation == "record"
+                                                 else mode.scale.tracked(t)) for t in (query, key, value)):
+        return func(*args, **kwargs)
+    unsupported = [n for n in ("bias_k", "bias_v") if b.get(n) is not None]
+    if b.get("add_zero_attn"):
+        unsupported.append("add_zero_attn")
+    if b.get("need_weights") and mode.spec.activation != "record":
+        pass  # the copies return no attention weights (None)
+    if unsupported:
+        raise NotImplementedError(
+            f"path copies of nn.MultiheadAttention with {', '.join(unsupported)} are not "
+            "implemented: exclude the attention layers or use a criterion that is not path-based"
+        )
+    with mode:
+        out = _mha(b)
+    return out
+
+
+def _mha(b: dict) -> tuple[torch.Tensor, None]:
+    query, key, value = b["query"], b["key"], b["value"]
+    lq, n, e = query.shape
+    h = int(b["num_heads"])
+    d = e // h
+    if b.get("use_separate_proj_weight"):
+        bias = b["in_proj_bias"]
+        bq, bk, bv = bias.chunk(3) if bias is not None else (None, None, None)
+        q = F.linear(query, b["q_proj_weight"], bq)
+        k = F.linear(key, b["k_proj_weight"], bk)
+        v = F.linear(value, b["v_proj_weight"], bv)
+    else:
+        w, bias = b["in_proj_weight"], b["in_proj_bias"]
+        wq, wk, wv = w.chunk(3) if w is not None else (None, None, None)
+        bq, bk, bv = bias.chunk(3) if bias is not None else (None, None, None)
+        q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
+    lk = k.shape[0]
+    q = q.reshape(lq, n * h, d).transpose(0, 1).reshape(n, h, lq, d)
+    k = k.reshape(lk, n * h, d).transpose(0, 1).reshape(n, h, lk, d)
+    v = v.reshape(lk, n * h, d).transpose(0, 1).reshape(n, h, lk, d)
+    mask = b.get("attn_mask")
+    kpm = b.get("key_padding_mask")
+    if kpm is not None:
+        pad = kpm.reshape(n, 1, 1, lk)
+        pad = ~pad if pad.dtype == torch.bool else pad
+        mask = pad if mask is None else (mask & pad if mask.dtype == torch.bool else mask + pad)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=bool(b.get("is_causal")))
+    out = out.permute(2, 0, 1, 3).reshape(lq, n, e)
+    out = F.linear(out, b["out_proj_weight"], b["out_proj_bias"])
+    return out, None
+
+
+# ----------------------------------------------------------------------------- pooling
 _MAXPOOL_DIMS = {1: F.max_pool1d_with_indices, 2: F.max_pool2d_with_indices, 3: F.max_pool3d_with_indices}
 _AVGPOOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
@@ -445,22 +967,23 @@ def maxpool(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
     idx = None
     if how == "record":
         out, idx = _MAXPOOL_DIMS[dims](x, **b)
-        mode.tape.record(Gate("max_pool", tuple(x.shape), idx))
+        if mode.depends(x):
+            mode.tape.record(Gate("max_pool", tuple(x.shape), idx))
         return (out, idx) if with_indices else out
-    if how == "gather":
+    if how == "gather" and tracked:
         idx = mode.tape.next("max_pool", tuple(x.shape)).data
         out = x.flatten(2).gather(2, idx.flatten(2)).view(idx.shape)
-        if tracked:
-            mode.scale.register(out, mode.scale.exponent(x), mode.scale.bound(x))
-    elif how == "sum":
+        mode.scale.register(out, mode.scale.exponent(x), mode.scale.bound(x))
+    elif how == "sum" and tracked:
+        if mode.spec.activation == "structure":
+            mode.tape.next_structure("max_pool", tuple(x.shape))
         dil = b["dilation"]
         if any(d != 1 for d in (dil if isinstance(dil, tuple | list) else [dil])):
             raise NotImplementedError("path copies of dilated max-pooling are not implemented")
         out = sum_pool(dims, x, b["kernel_size"], b["stride"], b["padding"], b["ceil_mode"])
-        if tracked:
-            bx = mode.scale.bound(x)
-            bound = None if bx is None else bx + math.log2(_window(b["kernel_size"], dims))
-            out = mode.scale.grown(out, mode.scale.exponent(x), bound, inplace=False)
+        bx = mode.scale.bound(x)
+        bound = None if bx is None else bx + math.log2(_window(b["kernel_size"], dims))
+        out = mode.scale.grown(out, mode.scale.exponent(x), bound, inplace=False)
     else:
         out, idx = _MAXPOOL_DIMS[dims](x, **b)
         if tracked:
@@ -588,3 +1111,12 @@ def mean(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
         n = math.prod(x.shape[d] for d in dims)
     out = out * float(n) ** (1 - mode.spec.coef_power)
     return _coef_carry(mode, x, out, n)
+
+
+def negation(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """``-x``: in a linearised copy the coefficient -1 contributes ``|-1| ** coef_power = 1``."""
+    x = args[0] if args else kwargs.get("input")
+    if mode.scale.active and mode.scale.tracked(x) and _linearised(mode):
+        out = x if is_inplace(_name(func)) else x.clone()
+        return _mark(mode, out, mode.scale.exponent(x), mode.scale.bound(x))
+    return homogeneous(mode, func, args, kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 _CHOICES = {
-    "activation": ("keep", "record", "replay", "identity"),
+    "activation": ("keep", "record", "replay", "structure", "identity"),
     "maxpool": ("keep", "record", "gather", "sum"),
     "bn": ("keep", "linear", "batch"),
     "scaling": ("none", "exp", "binary"),
@@ -16,8 +16,11 @@ _CHOICES = {
 class CopySpec:
     """The meaning of one pass.
 
-    - ``activation``: "record" (real pass: run it, remember the gate), "replay" (multiply by the
-      recorded gate squared), "identity", or "keep" (run it as it is).
+    - ``activation``: how data-dependent nonlinear operations are read (``pxprune.paths.handlers``):
+      "record" (the real network: run them and put gates, derivatives, coefficients, statistics on
+      the tape), "replay" (PX's data copy: every recorded factor squared), "structure" (PX's weight
+      copy: every recorded factor 1, following the recorded kinds), "identity" (reachability), or
+      "keep" (run them as they are, on the values the copy stands for).
     - ``maxpool``: "record", "gather" (take the recorded argmax), "sum" (every window position is
       a path), or "keep".
     - ``bn``: "keep" (as the model runs it), "linear" (eval form: scale ``|gamma/sqrt(var+eps)|**

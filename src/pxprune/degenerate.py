@@ -1,0 +1,67 @@
+"""Degenerate scores are an error, not a mask.
+
+A global threshold removes the lowest scores first and breaks ties by parameter order, so a round
+whose scores are zero in a whole layer (or everywhere) would empty that layer (or the earliest
+layers) for no reason a criterion saw. The first round, on the dense (or given) mask, is where this
+means a defect of the setting rather than a layer that earlier rounds cut off; later rounds only
+check that not every score is zero. The message names the layers and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from .paths.scale import abs_max
+
+
+class DegenerateScoresError(ValueError):
+    """A round's scores cannot make a mask (all zero, or zero in a whole layer)."""
+
+
+def _zero_weights(ctx) -> list[str]:  # noqa: ANN001
+    return [n for n, w in ctx.all_weights.items() if w.numel() and abs_max(w) == 0]
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_scores(
+    criterion: str,
+    crit,  # noqa: ANN001
+    ctx,  # noqa: ANN001
+    scores: Mapping[str, torch.Tensor],
+    mask: Mapping[str, torch.Tensor],
+    *,
+    first: bool,
+) -> None:
+    """Raise :class:`DegenerateScoresError` for all-zero scores, or (first round) for a scored
+    layer whose kept weights all score exactly 0."""
+    tops = {n: abs_max(scores[n]) if scores[n].numel() else 0.0 for n in scores}
+    everywhere = all(t == 0 for t in tops.values())
+    if not everywhere and not first:
+        return
+    zero = [n for n in scores if tops[n] == 0 and bool(mask[n].any())]
+    if not zero:
+        return
+    dead = _zero_weights(ctx)
+    what = "every score" if everywhere else f"every score of {_listed(zero)}"
+    if dead:
+        raise DegenerateScoresError(
+            f"{criterion}: {what} is 0 because {_listed(dead)} "
+            f"{'is' if len(dead) == 1 else 'are'} zero-initialised (every weight 0), which cuts "
+            "every path and gradient through it: re-initialise it before pruning, e.g. "
+            f"torch.nn.init.normal_(model.{dead[0].rsplit('.', 1)[0]}.weight, std=0.01)"
+        )
+    reason = crit.explain_zero(ctx, zero) if hasattr(crit, "explain_zero") else None
+    if reason:
+        raise DegenerateScoresError(f"{criterion}: {what} is 0: {reason}")
+    raise DegenerateScoresError(
+        f"{criterion}: {what} is 0, so the threshold would empty "
+        f"{'layers in parameter order' if everywhere else 'those layers'} for no reason the "
+        f"criterion saw: exclude {'them' if len(zero) > 1 else 'it'} "
+        f"(exclude={zero[:5]!r}) or use another criterion"
+    )

@@ -1,0 +1,410 @@
+"""PX and the path-flow criteria beyond bias-free ReLU networks (docs/design/PX.md, 'Beyond the
+theory'): each rule against a hand-written float64 evaluation of that rule, on small models built
+here (a LayerNorm/GELU MLP, a squeeze-excitation CNN, an attention block, a zero-initialised head),
+the degenerate cases that must be errors, and reachability with normalisation and attention."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pxprune
+from conftest import assert_unchanged, snapshot
+from pxprune.degenerate import DegenerateScoresError
+from pxprune.masks import Mask
+from pxprune.paths import PathTheoryWarning
+from pxprune.selection import prunable_parameters
+
+warnings.filterwarnings("ignore", category=PathTheoryWarning)
+
+
+def _masks(model: nn.Module, keep: float = 0.7, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(p.shape, generator=g) < keep for n, p in prunable_parameters(model).items()}
+
+
+def _normalised(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    top = max(float(s.abs().max()) for s in scores.values())
+    return {n: s / top for n, s in scores.items()}
+
+
+def _close(got: dict, want: dict, tol: float = 1e-6) -> None:
+    for n in want:
+        err = float((got[n].double() - want[n].double()).abs().max())
+        assert err <= tol, f"{n}: {err:.3g}"
+
+
+def _px_reference(z1_fn, z2_fn, leaves: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """S_j = u_j dR/du_j with R = sum_k (Z1[k] / max|Z1|) z2[k] and u = M * theta^2."""
+    z1 = z1_fn()
+    z1 = z1 / z1.abs().max()
+    z2 = z2_fn()
+    r = (z1 * z2).sum()
+    grads = torch.autograd.grad(r, list(leaves.values()))
+    return _normalised({n: (u * g).detach() for (n, u), g in zip(leaves.items(), grads, strict=True)})
+
+
+# ----------------------------------------------------------------------------- LayerNorm + GELU
+class LNMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1 = nn.Linear(6, 8, bias=False)
+        self.ln = nn.LayerNorm(8)
+        self.l2 = nn.Linear(8, 7, bias=False)
+        self.l3 = nn.Linear(7, 4, bias=False)
+        with torch.no_grad():
+            self.ln.weight.uniform_(0.5, 1.5)
+            self.ln.bias.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        return self.l3(F.gelu(self.l2(F.gelu(self.ln(self.l1(x))))))
+
+
+def test_layernorm_gelu_mlp_follows_the_linearisation_rule():
+    model = LNMLP().double()
+    x = torch.randn(9, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mask = _masks(model)
+    m = {n: mask[n].double() for n in mask}
+    w = {n: p.detach() for n, p in prunable_parameters(model).items()}
+    gamma, beta, eps = model.ln.weight.detach(), model.ln.bias.detach(), model.ln.eps
+
+    def gelu_prime(t):
+        t = t.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.gelu(t).sum(), t)
+        return g
+
+    # the real network with the mask: gates and statistics
+    pre1 = x @ (w["l1.weight"] * m["l1.weight"]).t()
+    inv = 1 / torch.sqrt(pre1.var(-1, unbiased=False, keepdim=True) + eps)
+    ln = (pre1 - pre1.mean(-1, keepdim=True)) * inv * gamma + beta
+    g1 = gelu_prime(ln)
+    pre2 = F.gelu(ln) @ (w["l2.weight"] * m["l2.weight"]).t()
+    g2 = gelu_prime(pre2)
+
+    def z1():  # data copy: masks as weights, x^2, every data-dependent factor squared
+        d = (x * x) @ m["l1.weight"].t()
+        d = d * inv**2 * g1**2
+        d = (d @ m["l2.weight"].t()) * g2**2
+        return (d @ m["l3.weight"].t()).sum(0)
+
+    leaves = {n: (w[n] ** 2 * m[n]).requires_grad_(True) for n in w}
+
+    def z2():  # weight copy: theta^2, LayerNorm -> gamma^2, activations -> identity
+        h = torch.ones(1, 6, dtype=torch.float64) @ leaves["l1.weight"].t()
+        h = h * gamma**2
+        h = h @ leaves["l2.weight"].t()
+        return (h @ leaves["l3.weight"].t())[0]
+
+    want = _px_reference(z1, z2, leaves)
+    got = pxprune.score(model, "px", [x], mask=mask, dtype="float64")
+    _close(got, want)
+
+
+# ----------------------------------------------------------------------------- squeeze-excitation
+class SENet(nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.fc1 = nn.Conv2d(4, 2, 1)
+        self.fc2 = nn.Conv2d(2, 4, 1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.fc = nn.Linear(4, 3, bias=False)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x))
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(F.adaptive_avg_pool2d(h, 1)))))
+        h = torch.relu(self.c2(h * s))
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def test_px_refuses_a_squeeze_excitation_branch_and_names_the_fix():
+    model = SENet()
+    x = torch.randn(4, 3, 6, 6)
+    with pytest.raises(DegenerateScoresError, match=r"fc1\.weight.*fc2\.weight.*exclude"):
+        pxprune.prune(model, "px", [x], sparsity=0.5, rounds=2)
+
+
+def test_px_squeeze_excitation_scale_is_a_recorded_coefficient():
+    model = SENet().double()
+    x = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    exclude = ["fc1.weight", "fc2.weight"]
+    mask = {n: t for n, t in _masks(model).items() if n not in exclude}
+    m = {n: mask[n].double() for n in mask}
+    w = {n: p.detach() for n, p in prunable_parameters(model).items()}
+    # the real network with the mask
+    a1 = F.conv2d(x, w["c1.weight"] * m["c1.weight"], padding=1)
+    h = torch.relu(a1)
+    s = torch.sigmoid(model.fc2(torch.relu(model.fc1(F.adaptive_avg_pool2d(h, 1))))).detach()
+    a2 = F.conv2d(h * s, w["c2.weight"] * m["c2.weight"], padding=1)
+
+    def z1():
+        d = F.conv2d(x * x, m["c1.weight"], padding=1) * (a1 > 0)
+        d = d * s**2  # the coefficient, squared
+        d = F.conv2d(d, m["c2.weight"], padding=1) * (a2 > 0)
+        d = d.sum((2, 3))  # average pooling: coefficient 1 in the data copy
+        return (d @ m["fc.weight"].t()).sum(0)
+
+    leaves = {n: (w[n] ** 2 * m[n]).requires_grad_(True) for n in m}
+
+    def z2():
+        o = F.conv2d(torch.ones(1, 3, 6, 6, dtype=torch.float64), leaves["c1.weight"], padding=1)
+        o = F.conv2d(o, leaves["c2.weight"], padding=1)  # the coefficient is 1 here
+        o = o.sum((2, 3)) / 36.0**2  # average pooling: coefficient (1/36)^2
+        return (o @ leaves["fc.weight"].t())[0]
+
+    want = _px_reference(z1, z2, leaves)
+    got = pxprune.score(model, "px", [x], mask=mask, dtype="float64")
+    _close({n: got[n] for n in want}, want)
+
+
+def _textbook_synflow(model: nn.Module, shape, mask, power: int) -> dict[str, torch.Tensor]:
+    """SynFlow as its paper runs it, in float64: weights |theta| (power 1) or theta^2 (power 2)
+    times the mask, biases 0, every operation the real one, one all-ones input; S = u dR/du."""
+    import copy
+
+    net = copy.deepcopy(model).double().eval()
+    leaves = {}
+    for name, p in prunable_parameters(net).items():
+        u = (p.detach().abs() ** power * mask[name].double()).requires_grad_(True)
+        leaves[name] = u
+    for mod in net.modules():
+        if isinstance(mod, nn.Conv2d | nn.Linear) and mod.bias is not None:
+            mod.bias = None
+    from torch.func import functional_call
+
+    params = {n: leaves[n] for n in leaves}
+    out = functional_call(net, params, (torch.ones(1, *shape, dtype=torch.float64),))
+    grads = torch.autograd.grad(out.sum(), list(leaves.values()))
+    return _normalised({n: (u * g).detach() for (n, u), g in zip(leaves.items(), grads, strict=True)})
+
+
+@pytest.mark.parametrize("criterion,power", [("synflow", 1)])
+def test_synflow_on_squeeze_excitation_equals_the_textbook(criterion, power):
+    model = SENet(seed=3)
+    mask = _masks(model, keep=0.8, seed=4)
+    want = _textbook_synflow(model, (3, 6, 6), mask, power)
+    got = pxprune.score(model, criterion, [torch.randn(2, 3, 6, 6)], mask=mask)
+    _close(got, want, tol=1e-5)
+    se = float(got["fc1.weight"].sum() + got["fc2.weight"].sum())
+    assert se == pytest.approx(float(want["fc1.weight"].sum() + want["fc2.weight"].sum()), rel=1e-4)
+
+
+def test_synflow_l2_on_a_layernorm_mlp_equals_the_textbook():
+    model = LNMLP()
+    with torch.no_grad():
+        model.ln.bias.zero_()  # paths carry no bias: the textbook run has none either
+    mask = _masks(model, keep=0.8, seed=5)
+    import copy
+
+    net = copy.deepcopy(model).double()
+    with torch.no_grad():
+        net.ln.weight.copy_(net.ln.weight**2)  # SynFlow-L2: every fixed coefficient squared
+    want = _textbook_synflow(net, (6,), mask, 2)
+    # the textbook squares the LayerNorm weight itself; ours squares it as a fixed coefficient
+    got = pxprune.score(model, "synflow_l2", [torch.randn(2, 6)], mask=mask)
+    _close(got, want, tol=1e-5)
+
+
+# ----------------------------------------------------------------------------- attention
+class Attn(nn.Module):
+    def __init__(self, e: int = 6) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.q = nn.Linear(e, e, bias=False)
+        self.k = nn.Linear(e, e, bias=False)
+        self.v = nn.Linear(e, e, bias=False)
+        self.o = nn.Linear(e, e, bias=False)
+        self.head = nn.Linear(e, 3, bias=False)
+
+    def forward(self, x):  # (N, L, E)
+        a = F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x))
+        return self.head(self.o(a).mean(1))
+
+
+def test_px_attention_probabilities_are_a_coefficient():
+    model = Attn().double()
+    x = torch.randn(4, 5, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with pytest.raises(DegenerateScoresError, match=r"q\.weight.*k\.weight"):
+        pxprune.prune(model, "px", [x], sparsity=0.5, rounds=2)
+    mask = {n: t for n, t in _masks(model).items() if n not in ("q.weight", "k.weight")}
+    m = {n: mask[n].double() for n in mask}
+    w = {n: p.detach() for n, p in prunable_parameters(model).items()}
+    q, k = x @ w["q.weight"].t(), x @ w["k.weight"].t()
+    p = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(6), -1)
+
+    def z1():
+        d = (x * x) @ m["v.weight"].t()
+        d = (p * p) @ d
+        d = (d @ m["o.weight"].t()).sum(1)  # mean over tokens: coefficient 1
+        return (d @ m["head.weight"].t()).sum(0)
+
+    leaves = {n: (w[n] ** 2 * m[n]).requires_grad_(True) for n in m}
+
+    def z2():
+        h = torch.ones(1, 5, 6, dtype=torch.float64) @ leaves["v.weight"].t()
+        h = torch.ones(5, 5, dtype=torch.float64) @ h  # every key a query may attend to
+        h = (h @ leaves["o.weight"].t()).sum(1) / 25.0  # mean: coefficient (1/5)^2
+        return (h @ leaves["head.weight"].t())[0]
+
+    want = _px_reference(z1, z2, leaves)
+    got = pxprune.score(model, "px", [x], mask=mask, dtype="float64")
+    _close({n: got[n] for n in want}, want)
+    assert float(got["q.weight"].abs().max()) == 0 and float(got["k.weight"].abs().max()) == 0
+
+
+class MHABlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.ln = nn.LayerNorm(8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.ln(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        x = x + self.mlp(self.ln(x))
+        return self.head(x.mean(1))
+
+
+@pytest.mark.parametrize("name", [n for n in pxprune.list_criteria() if not n.startswith("_")])
+def test_every_criterion_on_the_small_modern_models(name):
+    """The contract on the models built here: finite scores of the right shapes, the model left
+    bit-identical; a prune is a valid mask or one clear error (never a silent degenerate mask)."""
+    cases = [(LNMLP(), torch.randn(6, 6)), (SENet(), torch.randn(4, 3, 6, 6)),
+             (Attn(), torch.randn(4, 5, 6)), (MHABlock(), torch.randn(4, 5, 8))]
+    for model, x in cases:
+        y = torch.randint(0, 3, (x.shape[0],))
+        snap = snapshot(model)
+        scores = pxprune.score(model, name, [(x, y)])
+        assert set(scores) == set(prunable_parameters(model))
+        assert all(torch.isfinite(s).all() for s in scores.values())
+        assert_unchanged(model, snap)
+        try:
+            mask = pxprune.prune(model, name, [(x, y)], sparsity=0.5, rounds=2)
+        except DegenerateScoresError as err:
+            assert "exclude" in str(err) or "re-initialise" in str(err)
+        else:
+            assert mask.kept == mask.total - math.floor(0.5 * mask.total)
+        assert_unchanged(model, snap)
+
+
+# ----------------------------------------------------------------------------- degenerate scores
+class ZeroHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(6, 8, bias=False)
+        self.head = nn.Linear(8, 3)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)))
+
+
+@pytest.mark.parametrize("name", ["px", "snip", "synflow", "synflow_l2", "magnitude"])
+def test_a_zero_initialised_head_is_an_error_naming_it(name):
+    x, y = torch.randn(6, 6), torch.randint(0, 3, (6,))
+    with pytest.raises(DegenerateScoresError, match=r"head\.weight.*zero-initialised.*re-initialise"):
+        pxprune.prune(ZeroHead(), name, [(x, y)], sparsity=0.5, rounds=2)
+
+
+def test_degenerate_scores_are_exit_2_from_the_command_line(tmp_path):
+    from pxprune.experiment import UserError
+    from pxprune.experiment.run import execute, plan  # noqa: F401
+
+    assert issubclass(DegenerateScoresError, ValueError)
+    assert UserError  # the run pipeline turns a ValueError of prune into a UserError (exit 2)
+
+
+# ----------------------------------------------------------------------------- reachability
+def test_report_of_an_applied_model_is_the_report_of_the_mask():
+    from pxprune.models import create_model
+
+    model = create_model("resnet18", num_classes=10, seed=0)
+    g = torch.Generator().manual_seed(0)
+    mask = Mask({n: torch.rand(p.shape, generator=g) < 0.1 for n, p in prunable_parameters(model).items()})
+    before = mask.report(model, (3, 64, 64))
+    mask.apply(model)
+    after = mask.report(model, (3, 64, 64))
+    assert before.as_dicts() == after.as_dicts()
+    assert 0 < before.flops_fraction < 0.5
+    assert all(r.dense_macs > 0 for r in before.rows)
+
+
+def test_reachability_passes_through_normalisation_attention_and_coefficients():
+    for model, size in ((LNMLP(), (6,)), (SENet(), (3, 6, 6)), (Attn(), (5, 6)), (MHABlock(), (5, 8))):
+        dense = Mask({n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(model).items()})
+        report = dense.report(model, size)
+        assert report.effective_density == 1.0, (type(model).__name__, report.empty_layers)
+    # pruning the SE branch away leaves the main path connected (the scale is a constant then)
+    model = SENet()
+    mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(model).items()}
+    mask["fc1.weight"] = torch.zeros_like(mask["fc1.weight"])
+    report = Mask(mask).report(model, (3, 6, 6))
+    assert {r.name for r in report.rows if r.empty} == {"fc1.weight", "fc2.weight"}
+
+
+def _torchvision_case(name: str):
+    import torchvision
+
+    kw, size = {}, 128
+    if name.startswith("vit"):
+        size = 126 if "_14" in name else 128
+        kw = {"image_size": size}
+    elif name.startswith(("inception", "googlenet")):
+        kw = {"aux_logits": False, "init_weights": False}
+        size = 160 if name.startswith("inception") else 128
+    elif name.startswith("maxvit"):
+        size = 224
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, num_classes=10, **kw), size
+
+
+# measured on 2 cores: over 1.5 s each (building and one reachability pass at this size)
+_SLOW_TV = {
+    "convnext_base", "convnext_large", "efficientnet_b7", "efficientnet_v2_l", "efficientnet_v2_m",
+    "maxvit_t", "regnet_x_16gf", "regnet_x_32gf", "regnet_x_8gf", "regnet_y_128gf", "regnet_y_16gf",
+    "regnet_y_32gf", "regnet_y_8gf", "resnet101", "resnet152", "resnext101_32x8d",
+    "resnext101_64x4d", "swin_b", "swin_s", "swin_v2_b", "swin_v2_s", "vgg11", "vgg11_bn", "vgg13",
+    "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "vit_b_16", "vit_h_14", "vit_l_16",
+    "vit_l_32", "wide_resnet101_2", "wide_resnet50_2",
+}
+
+
+def _tv_names():
+    import torchvision
+
+    return [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_TV else n
+            for n in torchvision.models.list_models(module=torchvision.models)]
+
+
+@pytest.mark.parametrize("name", _tv_names())
+def test_a_dense_mask_is_fully_effective_on_every_torchvision_classifier(name):
+    """At an input size where every kernel tap sees the input (a 3x3 kernel at a 1x1 map only
+    uses its centre, so smaller inputs truly leave taps off every path)."""
+    model, size = _torchvision_case(name)
+    dense = Mask({n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(model).items()})
+    report = dense.report(model, (3, size, size))
+    assert report.effective_density == 1.0, [r.name for r in report.rows if r.effective_kept < r.kept][:5]
+
+
+@pytest.mark.parametrize("name", [n for n in __import__("pxprune.models", fromlist=["x"]).list_models()])
+def test_a_dense_mask_is_fully_effective_on_every_registered_model(name):
+    from pxprune.models import create_model, model_info
+
+    model = create_model(name, num_classes=10, seed=0)
+    size = model_info(name).input_size
+    if size[-1] > 64:
+        size = (size[0], 128, 128)
+    dense = Mask({n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(model).items()})
+    assert dense.report(model, size).effective_density == 1.0
