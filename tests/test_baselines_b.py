@@ -66,9 +66,10 @@ def randomize_bn(model: nn.Module, seed: int = 1, momentum: float | None = 0.1) 
 
 def context(model: nn.Module, input_size: tuple[int, ...], seed: int = 0) -> Context:
     params = prunable_parameters(model)
+    dtype = next(model.parameters()).dtype
     return Context(model=model, params=params, all_weights=dict(params), batches=None, seed=seed,
                    generator=generator(seed, "criterion"), device=torch.device("cpu"),
-                   input_size=input_size)
+                   input_size=input_size, dtype=dtype)
 
 
 def raw_flow(cls, model: nn.Module, input_size, mask=None):

@@ -408,3 +408,21 @@ def test_a_dense_mask_is_fully_effective_on_every_registered_model(name):
         size = (size[0], 128, 128)
     dense = Mask({n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable_parameters(model).items()})
     assert dense.report(model, size).effective_density == 1.0
+
+
+def test_a_packed_attention_projection_warns_that_its_query_and_key_rows_score_zero():
+    class Packed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.qkv = nn.Linear(6, 18, bias=False)
+            self.head = nn.Linear(6, 3, bias=False)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, -1)
+            return self.head(F.scaled_dot_product_attention(q, k, v).mean(1))
+
+    from pxprune.degenerate import ZeroScoresWarning
+
+    with pytest.warns(ZeroScoresWarning, match=r"qkv\.weight \(67%\)"):
+        pxprune.prune(Packed(), "px", [torch.randn(4, 5, 6)], sparsity=0.5, rounds=2)

@@ -276,7 +276,8 @@ def test_default_folder_names_follow_the_criterion_spec(fmnist, tmp_path, capsys
 def test_lottery_keeps_a_checkpoint_per_level_and_trains_its_ticket(fmnist, tmp_path, capsys):
     out = tmp_path / "ticket"
     spec = "lottery[rate=0.5,rewind_step=1]"
-    code, _, _ = cli(capsys, "prune", *tiny(fmnist), "--criterion", spec, "--sparsity", "0.75",
+    # `pxprune prune` refuses (lottery tickets are found by training); `pxprune run` does it all
+    code, _, _ = cli(capsys, "run", *tiny(fmnist), "--criterion", spec, "--sparsity", "0.75",
                      "--out", out, "--quiet")
     assert code == 0
     assert {p.name for p in (out / "lottery").iterdir()} == {
@@ -287,9 +288,7 @@ def test_lottery_keeps_a_checkpoint_per_level_and_trains_its_ticket(fmnist, tmp_
     assert config["options"] == {"rate": 0.5, "rewind_step": 1} and config["rounds"] is None
     with open(out / "prune_history.csv") as f:
         assert [row[0] for row in csv.reader(f)][1:] == ["0", "1", "2"]
-    code, _, _ = cli(capsys, "run", *tiny(fmnist), "--criterion", spec, "--sparsity", "0.75",
-                     "--out", out, "--quiet")
-    assert code == 0 and metrics(out)["criterion"] == "lottery"
+    assert metrics(out)["criterion"] == "lottery"
     other = tmp_path / "again"
     code, _, _ = cli(capsys, "train", "--mask", out / "mask.pt", "--out", other, "--quiet")
     assert code == 0
@@ -427,3 +426,10 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, capsys):
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
     assert strip(rows) == strip(ref_rows)
+
+
+def test_prune_refuses_lottery_with_the_command_that_trains(capsys, fmnist, tmp_path):
+    code, _, err = cli(capsys, "prune", *tiny(fmnist), "--criterion", "lottery", "--out",
+                       tmp_path / "lt")
+    assert code == 2 and "pxprune run --criterion lottery" in err
+    assert not (tmp_path / "lt").exists()

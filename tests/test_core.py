@@ -246,8 +246,10 @@ def test_data_and_model_errors():
         pxprune.prune(
             nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), "px", [torch.randn(2, 3)], sparsity=0.5
         )
-    with pytest.raises(TypeError, match="iterable"):
-        pxprune.prune(model, "px", torch.randn(2, 1, 4, 4), sparsity=0.5)
+    with pytest.raises(TypeError, match="read once.*list"):
+        pxprune.prune(model, "px", (x for x in [torch.randn(2, 1, 4, 4)]), sparsity=0.5)
+    with pytest.raises(TypeError, match="batches must be"):
+        pxprune.prune(model, "px", 3.0, sparsity=0.5)
 
 
 def test_list_criteria():

@@ -20,7 +20,7 @@ from .masks import Mask, state_hash
 from .paths.scale import abs_max
 from .report import effective_masks
 from .seeding import generator
-from .selection import canonical_name, prunable_parameters, unwrap
+from .selection import canonical_name, coverage, prunable_parameters, unwrap
 
 log = logging.getLogger("pxprune")
 
@@ -32,15 +32,51 @@ def list_criteria() -> list[str]:
     return CRITERIA.names()
 
 
+def _model_dtype(model: nn.Module) -> torch.dtype | None:
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def _check_kinds(cls: type[Criterion], model: nn.Module, include) -> None:  # noqa: ANN001
+    """An include= that names only weights the criterion cannot score is an error naming why."""
+    if include is None:
+        return
+    from .selection import prunable_weights
+
+    every = prunable_weights(model)
+    patterns = [include] if isinstance(include, str | type) else list(include)
+    for pattern in patterns:
+        try:
+            hits = _match_one(pattern, every)
+        except ValueError:
+            continue  # reported by prunable_parameters
+        if hits and all(every[n].kind not in cls.kinds for n in hits):
+            kinds = sorted({every[n].kind for n in hits})
+            able = [c for c in CRITERIA.names() if set(kinds) <= CRITERIA.get(c).kinds]
+            raise ValueError(
+                f"{cls.name} cannot score {'/'.join(kinds)} weights ({sorted(hits)[0]}): "
+                f"{', '.join(able)} can, or leave them out"
+            )
+
+
+def _match_one(pattern, every):  # noqa: ANN001, ANN202
+    from .selection import _match
+
+    return _match([pattern], every, "include")
+
+
 def _setup(
     model: nn.Module,
     criterion: str,
-    batches: Iterable | None,
+    batches: Any,
     *,
     include,
     exclude,
     seed: int,
     options: Mapping[str, Any],
+    output: Any = None,
 ) -> tuple[Criterion, Context]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -53,9 +89,17 @@ def _setup(
     input_size = options.get("input_size")
     opts = make_options(cls, options)
     plain = unwrap(model)
-    params = prunable_parameters(plain, include, exclude)
-    all_weights = prunable_parameters(plain)
+    _check_kinds(cls, plain, include)
+    params = prunable_parameters(plain, include, exclude, kinds=cls.kinds)
+    all_weights = prunable_parameters(plain, kinds=cls.kinds)
     device = model_device(plain)
+    model_dtype = _model_dtype(plain)
+    work = torch.float32 if model_dtype in (torch.bfloat16, torch.float16) else (model_dtype or torch.float32)
+    cast = {}
+    if model_dtype != work:  # half-precision models are scored in float32 copies
+        for n, t in list(plain.named_parameters()) + list(plain.named_buffers()):
+            if t.is_floating_point() and t.dtype != work:
+                cast[canonical_name(n)] = t.detach().to(work)
     data = None
     if batches is not None and (cls.uses_data or input_size is None):
         data = Batches(
@@ -65,7 +109,9 @@ def _setup(
             micro_batch=mb if isinstance(mb := getattr(opts, "micro_batch", 64), int) else 64,
             need_targets=cls.needs_targets,
             criterion=criterion,
+            dtype=model_dtype,
         )
+        data.check_deterministic()
     elif cls.uses_data:
         data = Batches(None, device=device, criterion=criterion)  # raises a TypeError
     ctx = Context(
@@ -77,6 +123,9 @@ def _setup(
         generator=generator(seed, "criterion", device="cpu"),
         device=device,
         input_size=tuple(input_size) if input_size is not None else None,
+        dtype=work,
+        cast=cast,
+        output=output,
     )
     crit = cls(opts)
     return crit, ctx
@@ -133,17 +182,24 @@ def _mask_dict(
 def score(
     model: nn.Module,
     criterion: str,
-    batches: Iterable | None = None,
-    /,
+    batches: Any = None,
     *,
     mask: Mapping[str, torch.Tensor] | None = None,
+    include: Any = None,
+    exclude: Any = None,
+    output: Any = None,
     seed: int = 0,
     **options: Any,
 ) -> dict[str, torch.Tensor]:
     """Scores of every prunable weight under ``criterion`` ("higher keeps"): float32 tensors of each
-    parameter's shape, divided by the largest absolute score. The model is left bit-identical."""
+    parameter's shape, divided by the largest absolute score. The model is left bit-identical.
+
+    ``batches``: see ``pxprune.batches`` (a list of batches, a tensor, an ``(x, y)`` pair, a Dataset
+    or a DataLoader without shuffling). ``include``/``exclude``: names, fnmatch patterns or module
+    types. ``output``: which tensor of the model's output to score (a key, an index or a function)."""
     crit, ctx = _setup(
-        model, criterion, batches, include=None, exclude=None, seed=seed, options=options
+        model, criterion, batches, include=include, exclude=exclude, seed=seed, options=options,
+        output=output,
     )
     current = _mask_dict(mask, ctx.params)
     with frozen_state(ctx.model):
@@ -155,47 +211,68 @@ def score(
 def prune(
     model: nn.Module,
     criterion: str,
-    batches: Iterable | None = None,
-    /,
+    batches: Any = None,
     *,
     sparsity: float | None = None,
     density: float | None = None,
     rounds: int | None = None,
     scope: str = "global",
-    include: Iterable[str] | str | None = None,
-    exclude: Iterable[str] | str | None = None,
+    include: Any = None,
+    exclude: Any = None,
+    output: Any = None,
     seed: int = 0,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = None,
     **options: Any,
 ) -> Mask:
     """Prune ``model`` at initialisation: returns a :class:`Mask`; the model is never modified.
 
     ``rounds=None`` means the criterion's own default (PX and SynFlow: 100, SNIP/GraSP: 1). Round t
     of T prunes towards density ``d ** (t / T)`` (exponential schedule); counting, ties and scope
-    follow ``pxprune.threshold``.
+    follow ``pxprune.threshold``. ``progress``: True for a tqdm bar, or ``fn(t, T, mask)``.
+    ``batches``, ``include``/``exclude`` and ``output`` are as in :func:`score`. The mask's
+    metadata states what was covered (``coverage``), and a warning names the weight tensors that
+    were not.
     """
     s = threshold.resolve_sparsity(sparsity, density)
     threshold.check_scope(scope)
     crit, ctx = _setup(
-        model, criterion, batches, include=include, exclude=exclude, seed=seed, options=options
+        model, criterion, batches, include=include, exclude=exclude, seed=seed, options=options,
+        output=output,
     )
     rounds = threshold.check_rounds(crit.default_rounds if rounds is None else rounds)
     current = {n: torch.ones_like(p, dtype=torch.bool) for n, p in ctx.params.items()}
     goals = threshold.targets(current, s, rounds, scope)
     theta0 = state_hash(ctx.model)
     start = time.perf_counter()
-    with frozen_state(ctx.model):
-        crit.setup(ctx)
-        for t, goal in enumerate(goals, start=1):
-            scores = crit.score(ctx, current)
-            check_scores(criterion, crit, ctx, scores, current, first=t == 1)
-            current = threshold.prune_step(scores, current, goal, scope=scope)
-            if progress is not None:
-                progress(t, rounds, Mask(current))
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=rounds, desc=f"{criterion} {s:.4g}", unit="round", leave=False)
+    elif progress is not None and progress is not False and not callable(progress):
+        raise TypeError("progress must be True, False, None or a function (t, T, mask)")
+    try:
+        with frozen_state(ctx.model):
+            crit.setup(ctx)
+            for t, goal in enumerate(goals, start=1):
+                scores = crit.score(ctx, current)
+                check_scores(criterion, crit, ctx, scores, current, first=t == 1)
+                current = threshold.prune_step(scores, current, goal, scope=scope)
+                if bar is not None:
+                    bar.update(1)
+                elif callable(progress):
+                    progress(t, rounds, Mask(current))
+    finally:
+        if bar is not None:
+            bar.close()
     seconds = time.perf_counter() - start
     input_size = ctx.input_size
-    if input_size is None and ctx.batches is not None and ctx.batches.sample_shape is not None:
-        input_size = ctx.batches.sample_shape
+    if input_size is None and ctx.batches is not None:
+        input_size = ctx.batches.first_shape()
+    covered = coverage(ctx.model, ctx.params, kinds=crit.kinds, criterion=criterion)
+    missing = {n: c for n, (c, why) in covered.not_covered.items() if why != "excluded"}
+    if missing and sum(missing.values()) > 0.01 * max(1, covered.total):
+        log.warning("%s: %s", criterion, covered.summary())
     meta = {
         "criterion": criterion,
         "options": non_default_options(crit.options),
@@ -208,6 +285,7 @@ def prune(
         "input_size": list(input_size) if input_size is not None else None,
         "prune_seconds": seconds,
         "versions": {"pxprune": __version__, "torch": torch.__version__},
+        "coverage": covered.as_dict(),
     }
     mask = Mask(current, metadata=meta)
     empty = mask.empty_layers()

@@ -176,6 +176,13 @@ def _run_or_prune(args: argparse.Namespace, mode: str) -> int:
     from .experiment.run import resolve_device
 
     config = resolve_config(args.recipe, _sets(args), _flags(args))
+    if mode == "prune" and config.prune.criterion == "lottery":
+        from .experiment import UserError
+
+        raise UserError(
+            "`pxprune prune` prunes without training, but lottery tickets are found by training: "
+            "use `pxprune run --criterion lottery ...` (same options)"
+        )
     device = resolve_device(args.device)
     p = plan(config, args.out, mode=mode)
     return _execute(args, p, run_label(config), device)

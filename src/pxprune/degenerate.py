@@ -20,6 +20,14 @@ class DegenerateScoresError(ValueError):
     """A round's scores cannot make a mask (all zero, or zero in a whole layer)."""
 
 
+class ZeroScoresWarning(UserWarning):
+    """Much of a layer scores exactly 0 in the first round (it goes first, in index order)."""
+
+
+# a layer where more than this share of the kept weights scores exactly 0 in the first round
+PARTIAL = 0.25
+
+
 def _zero_weights(ctx) -> list[str]:  # noqa: ANN001
     return [n for n, w in ctx.all_weights.items() if w.numel() and abs_max(w) == 0]
 
@@ -27,6 +35,27 @@ def _zero_weights(ctx) -> list[str]:  # noqa: ANN001
 def _listed(names: list[str], most: int = 5) -> str:
     shown = ", ".join(names[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _warn_partial(criterion: str, crit, ctx, scores, mask) -> None:  # noqa: ANN001
+    partial, names = [], []
+    for n, s in scores.items():
+        kept = int(torch.count_nonzero(mask[n]))
+        if kept:
+            zeros = kept - int(torch.count_nonzero(s.masked_fill(~mask[n], 1)))
+            if zeros > PARTIAL * kept:
+                partial.append(f"{n} ({zeros / kept:.0%})")
+                names.append(n)
+    if partial:
+        import warnings
+
+        reason = crit.explain_zero(ctx, names) if hasattr(crit, "explain_zero") else None
+        warnings.warn(
+            f"{criterion}: part of {_listed(partial)} scores exactly 0 and goes first, in index "
+            f"order{': ' + reason if reason else ''}",
+            ZeroScoresWarning,
+            stacklevel=4,
+        )
 
 
 def check_scores(
@@ -46,6 +75,8 @@ def check_scores(
         return
     zero = [n for n in scores if tops[n] == 0 and bool(mask[n].any())]
     if not zero:
+        if first:
+            _warn_partial(criterion, crit, ctx, scores, mask)
         return
     dead = _zero_weights(ctx)
     what = "every score" if everywhere else f"every score of {_listed(zero)}"

@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._io import atomic_save, load_payload
-from .selection import canonical_name, prunable_modules, unwrap
+from .batches import _bytes
+from .selection import PrunableWeight, canonical_name, prunable_weights, unwrap
 
 FORMAT = "pxprune.mask"
 FORMAT_VERSION = 1
@@ -31,10 +32,15 @@ class MaskParametrization(nn.Module):
         return weight * self.mask.to(weight.dtype)
 
 
-def _is_masked(module: nn.Module) -> bool:
-    if not parametrize.is_parametrized(module, "weight"):
+def _is_masked(module: nn.Module, attr: str | None = None) -> bool:
+    if not parametrize.is_parametrized(module):
         return False
-    return any(isinstance(p, MaskParametrization) for p in module.parametrizations["weight"])
+    attrs = [attr] if attr is not None else list(module.parametrizations)
+    return any(
+        a in module.parametrizations
+        and any(isinstance(p, MaskParametrization) for p in module.parametrizations[a])
+        for a in attrs
+    )
 
 
 def state_hash(model: nn.Module, names: list[str] | None = None) -> str:
@@ -46,7 +52,7 @@ def state_hash(model: nn.Module, names: list[str] | None = None) -> str:
         if not t.is_floating_point():
             continue
         h.update(n.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(_bytes(t))
     return h.hexdigest()
 
 
@@ -86,7 +92,7 @@ class Mask(Mapping[str, torch.Tensor]):
     # counting
     @property
     def kept(self) -> int:
-        return int(sum(int(t.sum()) for t in self._items.values()))
+        return int(sum(int(torch.count_nonzero(t)) for t in self._items.values()))
 
     @property
     def total(self) -> int:
@@ -100,56 +106,94 @@ class Mask(Mapping[str, torch.Tensor]):
     def sparsity(self) -> float:
         return 1.0 - self.density
 
-    def empty_layers(self) -> list[str]:
+    def empty_layers(self, model: nn.Module | None = None, input_size=None) -> list[str]:
+        """The layers with no weight on a fully kept input-output path (no weight kept, or every
+        kept one cut off): the one definition of "empty" (``Report.empty_layers``, prune's
+        metadata and warnings). With a model, measured; without, as recorded by ``prune``; a mask
+        that has no record counts only the layers with no weight kept."""
+        if model is not None:
+            return self.report(model, input_size).empty_layers
+        recorded = self.metadata.get("empty_layers")
+        if recorded is not None:
+            return list(recorded)
         return [n for n, t in self._items.items() if not bool(t.any())]
 
     def to(self, device: torch.device | str) -> Mask:
         return Mask({n: t.to(device) for n, t in self._items.items()}, metadata=self.metadata)
 
     # model interaction
-    def check_fits(self, model: nn.Module) -> dict[str, nn.Module]:
-        """The modules the mask addresses; ValueError naming the first misfit."""
-        modules = prunable_modules(model)
+    def check_fits(self, model: nn.Module) -> dict[str, PrunableWeight]:
+        """The weights the mask addresses; ValueError naming the first misfit."""
+        weights = prunable_weights(model)
         for name, t in self._items.items():
-            if name not in modules:
+            if name not in weights:
                 raise ValueError(
                     f"the mask does not fit the model: it has {name!r}, which is not a prunable "
                     "weight of this model (was the mask made for another architecture?)"
                 )
-            shape = tuple(modules[name].weight.shape)
+            shape = tuple(weights[name].tensor.shape)
             if tuple(t.shape) != shape:
                 raise ValueError(
                     f"the mask does not fit the model: {name!r} has shape {tuple(t.shape)} in "
                     f"the mask and {shape} in the model"
                 )
-        return {n: modules[n] for n in self._items}
+        return {n: weights[n] for n in self._items}
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Zero the pruned weights and keep them zero (a parametrization ``weight * mask``).
+        """Zero the pruned weights and keep them zero (a parametrization ``weight * mask``, on
+        every module that shares the tensor).
 
         Applying to a model that already carries a pxprune mask is a ValueError."""
-        modules = self.check_fits(model)
+        weights = self.check_fits(model)
         if any(_is_masked(m) for m in unwrap(model).modules()):
             raise ValueError(
                 "the model already carries a pxprune mask: call mask.bake(model) (or "
                 "pxprune.masks.remove(model)) before applying another"
             )
-        for name, module in modules.items():
-            m = self._items[name].to(module.weight.device)
+        for name, w in weights.items():
+            tensor = w.tensor
+            m = self._items[name].to(tensor.device)
             with torch.no_grad():
-                module.weight.mul_(m.to(module.weight.dtype))
-            parametrize.register_parametrization(module, "weight", MaskParametrization(m))
+                tensor.mul_(m.to(tensor.dtype))
+            for module, attr in w.places():
+                parametrize.register_parametrization(module, attr, MaskParametrization(m))
         return model
 
     def bake(self, model: nn.Module) -> nn.Module:
-        """Remove the parametrization, leaving plain weights with exact zeros where pruned."""
-        modules = self.check_fits(model)
-        for name, module in modules.items():
-            if _is_masked(module):
-                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        """Remove the parametrization, leaving plain weights with exact zeros where pruned (a
+        shared tensor stays one tensor)."""
+        weights = self.check_fits(model)
+        for name, w in weights.items():
+            for module, attr in w.places():
+                if _is_masked(module, attr):
+                    parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+            tensor = w.tensor
             with torch.no_grad():
-                module.weight.mul_(self._items[name].to(module.weight.device, module.weight.dtype))
+                tensor.mul_(self._items[name].to(tensor.device, tensor.dtype))
         return model
+
+    def to_torch_prune(self, model: nn.Module) -> nn.Module:
+        """Hand the mask to ``torch.nn.utils.prune`` (``custom_from_mask``: ``<attr>_orig`` and
+        ``<attr>_mask``), for tools that expect it; :meth:`from_torch_prune` reads it back."""
+        from torch.nn.utils import prune as torch_prune
+
+        for name, w in self.check_fits(model).items():
+            m = self._items[name].to(w.tensor.device)
+            for module, attr in w.places():
+                torch_prune.custom_from_mask(module, attr, m)
+        return model
+
+    @classmethod
+    def from_torch_prune(cls, model: nn.Module) -> Mask:
+        """The mask of every weight pruned with ``torch.nn.utils.prune`` (``<attr>_mask``)."""
+        out = {}
+        for name, w in prunable_weights(model).items():
+            buf = w.module._buffers.get(f"{w.attr}_mask")
+            if buf is not None:
+                out[name] = buf.detach().bool().clone()
+        if not out:
+            raise ValueError("the model carries no torch.nn.utils.prune mask (no *_mask buffer)")
+        return cls(out, metadata={"criterion": "torch.nn.utils.prune"})
 
     def shuffled(self, seed: int = 0) -> Mask:
         """The same number kept in every layer, positions permuted at random within each layer
@@ -189,13 +233,19 @@ class Mask(Mapping[str, torch.Tensor]):
             raise ValueError(f"{path} holds no mask tensors; re-create it with `pxprune prune`")
         return cls(masks, metadata=payload.get("metadata") or {})
 
-    def report(self, model: nn.Module, input_size: tuple[int, ...] | None = None):
-        """The per-layer report (name, shape, kept, total, density, effective kept, MACs)."""
+    def report(self, model: nn.Module, input_size: tuple[int, ...] | None = None, *,
+               batches=None):  # noqa: ANN001
+        """The per-layer report (name, shape, kept, total, density, effective kept, MACs). The
+        input size comes from ``input_size``, else the mask's metadata, else ``batches``."""
         from .report import layer_report
 
         size = input_size or self.metadata.get("input_size")
+        if size is None and batches is not None:
+            from .batches import Batches
+
+            size = Batches(batches, device=torch.device("cpu")).first_shape()
         if size is None:
-            raise ValueError("report needs input_size=(C, H, W) (the mask has none recorded)")
+            raise ValueError("report needs input_size=(C, H, W) or batches (the mask records none)")
         return layer_report(model, self, tuple(size))
 
 
@@ -216,8 +266,9 @@ def _plain(value: Any) -> Any:
 def remove(model: nn.Module) -> nn.Module:
     """Remove every pxprune mask parametrization, leaving the masked (zeroed) weights."""
     for module in unwrap(model).modules():
-        if _is_masked(module):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        for attr in list(getattr(module, "parametrizations", {}) or {}):
+            if _is_masked(module, attr):
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     return model
 
 

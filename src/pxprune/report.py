@@ -16,7 +16,7 @@ from torch import nn
 
 from ._scoped import frozen_state, model_device, positions_per_sample, recorded_calls, substituted
 from .paths import CopySpec, PathMode, output_tensor
-from .selection import prunable_modules, unwrap
+from .selection import prunable_weights, unwrap
 
 REACH = CopySpec(
     activation="identity",
@@ -127,12 +127,12 @@ def effective_masks(
 ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     """(name -> bool tensor of effective weights, name -> output positions per sample)."""
     model = unwrap(model)
-    modules = prunable_modules(model)
+    every = prunable_weights(model)
     device = model_device(model)
     weights = {}
     leaves = {}
-    for name, module in modules.items():
-        w = module.weight.detach()
+    for name, entry in every.items():
+        w = entry.tensor.detach()
         m = mask[name].to(device, w.dtype) if name in mask else torch.ones_like(w)
         t = m.clone().requires_grad_(True)
         weights[name] = t
@@ -163,11 +163,11 @@ def layer_report(
             LayerRow(
                 name=name,
                 shape=tuple(t.shape),
-                kept=int(t.sum()),
+                kept=int(torch.count_nonzero(t)),
                 total=t.numel(),
-                effective_kept=int(eff[name].sum()),
+                effective_kept=int(torch.count_nonzero(eff[name])),
                 dense_macs=pos * t.numel(),
-                masked_macs=pos * int(t.sum()),
+                masked_macs=pos * int(torch.count_nonzero(t)),
             )
         )
     return Report(rows)

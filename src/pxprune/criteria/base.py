@@ -13,6 +13,7 @@ from torch import nn
 
 from ..batches import Batches
 from ..registry import Registry
+from ..selection import ALL_KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +57,13 @@ class InputSizeOptions:
 @dataclasses.dataclass
 class Context:
     """What a criterion may read while scoring. ``params`` are the scored (prunable, not excluded)
-    weight leaves by canonical name; ``all_weights`` every prunable-type weight (excluded ones too,
-    which path criteria still treat as path layers)."""
+    weight leaves by canonical name; ``all_weights`` every prunable weight of the kinds the
+    criterion scores (excluded ones too, which path criteria still treat as path layers).
+
+    ``dtype`` is the dtype the criterion computes in: the model's, or float32 for a bfloat16 or
+    float16 model (``cast`` then holds float32 copies of every other floating parameter and
+    buffer, to substitute with the scored weights). ``output`` selects the tensor of the model's
+    output that is scored (``pxprune.paths.output_tensor``)."""
 
     model: nn.Module
     params: dict[str, torch.Tensor]
@@ -67,6 +73,14 @@ class Context:
     generator: torch.Generator
     device: torch.device
     input_size: tuple[int, ...] | None = None
+    dtype: torch.dtype = torch.float32
+    cast: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    output: Any = None
+
+    def output_of(self, out: Any) -> torch.Tensor:
+        from ..paths import output_tensor
+
+        return output_tensor(out, self.output)
 
     def sample_shape(self) -> tuple[int, ...]:
         """(C, H, W) of one input: from ``input_size`` or the first batch."""
@@ -81,10 +95,10 @@ class Context:
     def masked(
         self, mask: Mapping[str, torch.Tensor], *, grad: bool = False
     ) -> dict[str, torch.Tensor]:
-        """theta * M for every scored weight (leaves requiring grad when ``grad``)."""
+        """theta * M for every scored weight, in ``dtype`` (leaves requiring grad when ``grad``)."""
         out = {}
         for n, p in self.params.items():
-            w = p.detach() * mask[n].to(p.dtype)
+            w = p.detach().to(self.dtype) * mask[n].to(self.dtype)
             out[n] = w.requires_grad_(grad)
         return out
 
@@ -95,6 +109,8 @@ class Criterion:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    kinds: ClassVar[frozenset[str]] = ALL_KINDS
+    """The kinds of weights it can score (``pxprune.selection``); others are not covered."""
     default_rounds: ClassVar[int] = 1
     uses_data: ClassVar[bool] = False
     needs_targets: ClassVar[bool] = False

@@ -10,7 +10,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .base import Context, Criterion, DataOptions, register_criterion
-from .snip import mean_loss_gradient, summed_cross_entropy, train_mode_pass
+from .snip import as_input, mean_loss_gradient, summed_cross_entropy, train_mode_pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +67,8 @@ class GraSP(Criterion):
             g, count = mean_loss_gradient(ctx, tensors, criterion=self.name, temperature=t)
             hg = [torch.zeros_like(w, requires_grad=False) for w in tensors]
             for x, y in ctx.batches:
-                loss, _ = summed_cross_entropy(ctx.model(x), y, criterion=self.name, temperature=t)
+                loss, _ = summed_cross_entropy(ctx.model(as_input(x, ctx)), y, criterion=self.name,
+                                               temperature=t, select=ctx.output)
                 if not loss.requires_grad:
                     continue
                 grads = torch.autograd.grad(loss, tensors, create_graph=True, allow_unused=True)

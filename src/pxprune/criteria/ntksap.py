@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from .._scoped import substituted
-from ..paths import output_tensor
 from ..selection import PRUNABLE_TYPES
 from .base import Context, Criterion, InputSizeOptions, register_criterion
 from .px import reject_compiled
@@ -122,6 +121,7 @@ class NTKSAP(Criterion):
     Options = NTKSAPOptions
     default_rounds = 100
     uses_data = False
+    kinds = frozenset({"conv", "linear", "conv_transpose", "attention", "recurrent"})
 
     def setup(self, ctx: Context) -> None:
         opts: NTKSAPOptions = self.options
@@ -131,7 +131,7 @@ class NTKSAP(Criterion):
         if total is None:
             total = self._split_size(ctx) if ctx.batches is not None else opts.batch_size
         self.chunks = [min(opts.batch_size, total - i) for i in range(0, total, opts.batch_size)]
-        net = copy.deepcopy(ctx.model)
+        net = copy.deepcopy(ctx.model).to(ctx.dtype)
         for p in net.parameters():
             p.requires_grad_(False)
             p.grad = None
@@ -153,8 +153,7 @@ class NTKSAP(Criterion):
                         self.norms.append(module)
         net.eval()
         self.net = net
-        first = next(iter(ctx.all_weights.values()))
-        self.dtype = first.dtype if first.is_floating_point() else torch.float32
+        self.dtype = ctx.dtype
         self.shapes = {n: tuple(w.shape) for n, w in ctx.all_weights.items()}
         seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
         self.gen = torch.Generator(device=ctx.device)
@@ -205,11 +204,11 @@ class NTKSAP(Criterion):
                     w1 = {n: t * m[n] if n in m else t for n, t in theta.items()}
                     self._set_statistics({n: t.detach() for n, t in w1.items()}, z)
                     with substituted(self.net, w1):
-                        out1 = output_tensor(self.net(z))
+                        out1 = ctx.output_of(self.net(z))
                     w2 = {n: (t + eps * delta[n]) * m[n] if n in m else t
                           for n, t in theta.items()}
                     with substituted(self.net, w2):
-                        out2 = output_tensor(self.net(z))
+                        out2 = ctx.output_of(self.net(z))
                     j = (out1 - out2).pow(2).sum()
                     grads = torch.autograd.grad(j, list(m.values()), allow_unused=True)
                 for n, g in zip(m, grads, strict=True):

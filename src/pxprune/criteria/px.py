@@ -61,7 +61,7 @@ from collections.abc import Mapping
 import torch
 
 from .._scoped import recorded_calls, substituted
-from ..paths import REAL, CopySpec, GateTape, PathMode, ScaledSum, WarnOnce, output_tensor
+from ..paths import REAL, CopySpec, GateTape, PathMode, ScaledSum, WarnOnce
 from ..paths.mode import AliasHazard
 from ..selection import canonical_name, prunable_modules
 from .base import Context, Criterion, register_criterion
@@ -136,6 +136,7 @@ class PX(Criterion):
     __doc__ = __doc__
     name = "px"
     Options = PXOptions
+    kinds = frozenset({"conv", "linear", "conv_transpose", "attention"})
     default_rounds = 100
     uses_data = True
 
@@ -153,6 +154,11 @@ class PX(Criterion):
                 self.base[canonical_name(n)] = t.detach().to(self.dtype)
         self.weights = {n: w.detach().to(self.dtype) for n, w in ctx.all_weights.items()}
         self.squares = {n: w * w for n, w in self.weights.items()}
+        # weights whose rows are an output's fan-in (conv, linear, packed attention projections)
+        from ..selection import prunable_weights
+
+        kinds = {n: e.kind for n, e in prunable_weights(model).items()}
+        self.row_weights = {n for n in self.weights if kinds.get(n) in ("conv", "linear", "attention")}
         self.coefficients: dict = {}  # BatchNorm scales of the weight copy, computed once
         self.shape = ctx.batches.first_shape()
         probe = next(iter(ctx.batches))[0][:1].to(self.dtype)
@@ -276,7 +282,7 @@ class PX(Criterion):
         bounds = {
             id(t): math.log2(max(1, t[0].numel()))
             for n, t in data.items()
-            if n != self.classifier and t.dim() > 0
+            if n != self.classifier and t.dim() > 0 and n in self.row_weights
         }
         for safe in (False, True):
             tape.cursor = 0
@@ -287,7 +293,7 @@ class PX(Criterion):
                              warn=self.warn, safe_aliasing=safe, substituted_only=True,
                              weight_names={id(t): n for n, t in data.items()}) as mode,
                 ):
-                    out = output_tensor(ctx.model(mode.track(x * x)))
+                    out = ctx.output_of(ctx.model(mode.track(x * x)))
                     mode.finish()
                     return out, mode.exponent(out)
             except AliasHazard:
@@ -326,7 +332,7 @@ class PX(Criterion):
                      coefficients=self.coefficients, substituted_only=True,
                      weight_names={id(t): n for n, t in weight.items()}) as mode,
         ):
-            z2 = output_tensor(model(mode.track(ones)))[0]
+            z2 = ctx.output_of(model(mode.track(ones)))[0]
             mode.finish()
         with torch.enable_grad():
             r = (z1 * z2).sum()

@@ -41,19 +41,27 @@ def train_mode_pass(ctx: Context, leaves: Mapping[str, torch.Tensor]) -> Iterato
     with (
         torch.random.fork_rng(devices=devices),
         torch.enable_grad(),
-        substituted(model, {**scratch_buffers(model), **leaves}),
+        substituted(model, {**{n: b.to(ctx.dtype) if b.is_floating_point() else b
+                            for n, b in scratch_buffers(model).items()},
+                            **{n: t for n, t in ctx.cast.items() if n not in leaves}, **leaves}),
     ):
         yield
 
 
+def as_input(x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Floating inputs in the dtype the criterion computes in (float32 for a half model)."""
+    return x.to(ctx.dtype) if x.is_floating_point() and x.dtype != ctx.dtype else x
+
+
 def summed_cross_entropy(
-    output: object, targets: torch.Tensor | None, *, criterion: str, temperature: float = 1.0
+    output: object, targets: torch.Tensor | None, *, criterion: str, temperature: float = 1.0,
+    select: object = None,
 ) -> tuple[torch.Tensor, int]:
     """The cross-entropy of ``output / temperature`` summed over the micro-batch, and the number of
     terms it sums: samples for a classifier's (N, K) output with (N,) class indices, labelled
     pixels for a segmentation output (N, K, H, W) with (N, H, W) indices (255 ignored). Dividing
     the summed gradients by the summed counts gives the mean over the whole split."""
-    out = output_tensor(output)
+    out = output_tensor(output, select)
     if targets is None:
         raise TypeError(f"criterion {criterion!r} needs targets: pass batches of (inputs, targets)")
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
@@ -98,8 +106,9 @@ def mean_loss_gradient(
     total = [torch.zeros_like(t, requires_grad=False) for t in leaves]
     count = 0
     for x, y in ctx.batches:
-        out = ctx.model(x)
-        loss, n = summed_cross_entropy(out, y, criterion=criterion, temperature=temperature)
+        out = ctx.model(as_input(x, ctx))
+        loss, n = summed_cross_entropy(out, y, criterion=criterion, temperature=temperature,
+                                       select=ctx.output)
         count += n
         if loss.requires_grad:
             grads = torch.autograd.grad(loss, list(leaves), allow_unused=True)

@@ -24,7 +24,7 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from .._scoped import substituted
-from ..paths import CopySpec, PathMode, WarnOnce, output_tensor
+from ..paths import CopySpec, PathMode, WarnOnce
 from .base import Context, Criterion, InputSizeOptions, register_criterion
 from .px import reject_compiled
 
@@ -51,6 +51,7 @@ class _PathFlow(Criterion):
     Options = InputSizeOptions
     default_rounds = 100
     uses_data = False
+    kinds = frozenset({"conv", "linear", "conv_transpose", "attention"})
     spec: ClassVar[CopySpec]
     power: ClassVar[int]
 
@@ -61,8 +62,8 @@ class _PathFlow(Criterion):
         self.warn = WarnOnce(self.name)
         self.weights = {n: w.detach() for n, w in ctx.all_weights.items()}
         self.coefficients: dict = {}  # BatchNorm scales, computed once per call
-        first = next(iter(self.weights.values()))
-        self.dtype = first.dtype if first.is_floating_point() else torch.float32
+        self.dtype = ctx.dtype  # float32 for a half-precision model (with ctx.cast)
+        self.weights = {n: w.to(self.dtype) for n, w in self.weights.items()}
 
     def _transform(self, w: torch.Tensor) -> torch.Tensor:
         return w.abs() if self.power == 1 else w * w
@@ -81,11 +82,11 @@ class _PathFlow(Criterion):
             tensors[n] = t
         ones = torch.ones((1, *self.shape), dtype=self.dtype, device=ctx.device)
         try:
-            with torch.enable_grad(), substituted(ctx.model, tensors), PathMode(
+            with torch.enable_grad(), substituted(ctx.model, {**ctx.cast, **tensors}), PathMode(
                 self.spec, warn=self.warn, coefficients=self.coefficients, substituted_only=True,
                 weight_names={id(t): n for n, t in tensors.items()},
             ) as mode:
-                out = output_tensor(ctx.model(mode.track(ones)))
+                out = ctx.output_of(ctx.model(mode.track(ones)))
                 exponent = mode.exponent(out)
         except RuntimeError as err:
             raise ValueError(

@@ -48,18 +48,46 @@ class PathTheoryWarning(UserWarning):
     """An operation outside the path theory (GELU, LayerNorm, attention, ...) was met."""
 
 
-def output_tensor(out: Any) -> torch.Tensor:
-    """The tensor a path copy scores: the output itself, ``out["out"]`` of a dict (torchvision
-    segmentation models), or the first element of a tuple/list."""
+def output_tensor(out: Any, select: Any = None) -> torch.Tensor:
+    """The tensor a criterion scores from a model's output.
+
+    ``select``: a key (dict output), an index (tuple/list output), an attribute name, or a
+    callable ``out -> tensor``. Without it: the output itself; of a dict, ``"out"`` (torchvision
+    segmentation models), ``"logits"``, or its only tensor; an object's ``.logits``; the first
+    element of a tuple/list."""
+    if select is not None:
+        if callable(select):
+            picked = select(out)
+        elif isinstance(out, dict):
+            if select not in out:
+                raise KeyError(f"output={select!r}: the model's output has keys {sorted(out)}")
+            picked = out[select]
+        elif isinstance(out, tuple | list) and isinstance(select, int):
+            picked = out[select]
+        elif isinstance(select, str) and hasattr(out, select):
+            picked = getattr(out, select)
+        else:
+            raise TypeError(f"output={select!r} does not select from a {type(out).__name__}")
+        if not isinstance(picked, torch.Tensor):
+            raise TypeError(f"output={select!r} selects a {type(picked).__name__}, not a tensor")
+        return picked
     if isinstance(out, torch.Tensor):
         return out
-    if isinstance(out, dict) and "out" in out:
-        return out["out"]
+    if isinstance(out, dict):
+        for key in ("out", "logits"):
+            if isinstance(out.get(key), torch.Tensor):
+                return out[key]
+        tensors = [v for v in out.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+    if isinstance(getattr(out, "logits", None), torch.Tensor):
+        return out.logits
     if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     raise TypeError(
-        f"the model returned {type(out).__name__}; pxprune needs a tensor, a dict with 'out', "
-        "or a tuple whose first element is the output tensor"
+        f"the model returned {type(out).__name__}; pxprune needs a tensor, a dict with 'out' or "
+        "'logits', or a tuple whose first element is the output tensor: say which with output="
+        "(a key, an index or a function)"
     )
 
 

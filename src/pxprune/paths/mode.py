@@ -122,6 +122,14 @@ class PathMode(TorchFunctionMode):
         if self.spec.activation in ("replay", "structure") or self.spec.maxpool == "gather":
             self.tape.finish()
 
+    def _weight_among(self, args: tuple) -> str | None:
+        for a in args:
+            if isinstance(a, torch.Tensor) and not self.scale.tracked(a):
+                name = self.weight_of(a)
+                if name is not None:
+                    return name
+        return None
+
     def weight_of(self, w: torch.Tensor) -> str | None:
         """The name of a substituted weight, or of one computed from it."""
         name = self.weight_names.get(id(w))
@@ -189,14 +197,15 @@ class PathMode(TorchFunctionMode):
                 if isinstance(out, torch.Tensor):
                     self.coefficient_out[out] = True
             return out
-        if self.weight_names and args and isinstance(args[0], torch.Tensor):
-            name = self.weight_of(args[0])
-            if name is not None and not self.scale.tracked(args[0]):
-                # a weight computed from a substituted one (a parametrization, say) is still the
-                # criterion's weight
+        if self.weight_names and args:
+            name = self._weight_among(args)
+            if name is not None:
+                # a weight computed from a substituted one (a parametrization, torch.nn.utils.prune's
+                # weight_orig * weight_mask, a chunk of a packed projection) is still that weight
                 out = handler(self, func, args, kwargs)
-                if isinstance(out, torch.Tensor) and not self.scale.tracked(out):
-                    self.derived[out] = name
+                for o in (out if isinstance(out, tuple | list) else (out,)):
+                    if isinstance(o, torch.Tensor) and not self.scale.tracked(o):
+                        self.derived[o] = name
                 return out
         if len(self._aliases):
             self._check_aliases(args)
