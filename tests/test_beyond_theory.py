@@ -426,3 +426,29 @@ def test_a_packed_attention_projection_warns_that_its_query_and_key_rows_score_z
 
     with pytest.warns(ZeroScoresWarning, match=r"qkv\.weight \(67%\)"):
         pxprune.prune(Packed(), "px", [torch.randn(4, 5, 6)], sparsity=0.5, rounds=2)
+
+
+class TransposedChain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c = nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=False)
+        self.t = nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1, bias=False)
+        self.fc = nn.Linear(4 * 8 * 8, 3, bias=False)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.t(torch.relu(self.c(x)))).flatten(1))
+
+
+def test_transposed_convolutions_are_path_layers():
+    """A layered bias-free ReLU net with a transposed convolution: PX's scores are exact (float32
+    against float64) and conserved (every layer sums to the same R)."""
+    model = TransposedChain()
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    mask = _masks(model)
+    s64 = pxprune.score(model.double(), "px", [x.double()], mask=mask, dtype="float64")
+    s32 = pxprune.score(model.float(), "px", [x], mask=mask)
+    _close(s32, s64, tol=1e-5)
+    sums = [float(t.double().sum()) for t in s64.values()]
+    assert sums[0] == pytest.approx(sums[1], rel=1e-6) and sums[1] == pytest.approx(sums[2], rel=1e-6)
+    assert "t.weight" in s64

@@ -482,7 +482,8 @@ def linear_map(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
     bound = None
     if mode.scale.lazy and bias is None:
         bx = mode.scale.bound(x)
-        bw = mode.weight_bound(w)
+        # a transposed convolution's weight is (in, out, k...): an output's fan-in is a column
+        bw = mode.weight_bound(w.transpose(0, 1) if _name(func).startswith("conv_transpose") else w)
         if bx is not None and bw is not None:
             bound = bx + bw
     return mode.scale.grown(out, mode.scale.exponent(x), bound, inplace=False)
