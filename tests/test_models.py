@@ -22,7 +22,7 @@ from pxprune.models.factory import INITIALISED_LINEAR
 
 NUM_CLASSES = 7  # not a default anywhere, so a builder that ignores num_classes fails
 
-ZOO = {"resnet20", "resnet32", "resnet56", "vgg16_bn_cifar", "resnet18_tiny"}
+ZOO = {"resnet8", "resnet20", "resnet32", "resnet56", "vgg16_bn_cifar", "resnet18_tiny"}
 TORCHVISION = {"resnet18", "resnet50", "vgg16_bn", "mobilenet_v2"}
 
 

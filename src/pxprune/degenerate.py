@@ -17,7 +17,14 @@ from .paths.scale import abs_max
 
 
 class DegenerateScoresError(ValueError):
-    """A round's scores cannot make a mask (all zero, or zero in a whole layer)."""
+    """A round's scores cannot make a mask (all zero, or zero in a whole layer). ``layers``: the
+    layers whose scores are all 0; ``zero_initialised``: the weights that are entirely 0."""
+
+    def __init__(self, message: str, *, layers: list[str] | None = None,
+                 zero_initialised: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.layers = list(layers or [])
+        self.zero_initialised = list(zero_initialised or [])
 
 
 class ZeroScoresWarning(UserWarning):
@@ -85,14 +92,16 @@ def check_scores(
             f"{criterion}: {what} is 0 because {_listed(dead)} "
             f"{'is' if len(dead) == 1 else 'are'} zero-initialised (every weight 0), which cuts "
             "every path and gradient through it: re-initialise it before pruning, e.g. "
-            f"torch.nn.init.normal_(model.{dead[0].rsplit('.', 1)[0]}.weight, std=0.01)"
+            f"torch.nn.init.normal_(model.{dead[0].rsplit('.', 1)[0]}.weight, std=0.01)",
+            layers=zero, zero_initialised=dead,
         )
     reason = crit.explain_zero(ctx, zero) if hasattr(crit, "explain_zero") else None
     if reason:
-        raise DegenerateScoresError(f"{criterion}: {what} is 0: {reason}")
+        raise DegenerateScoresError(f"{criterion}: {what} is 0: {reason}", layers=zero)
     raise DegenerateScoresError(
         f"{criterion}: {what} is 0, so the threshold would empty "
         f"{'layers in parameter order' if everywhere else 'those layers'} for no reason the "
         f"criterion saw: exclude {'them' if len(zero) > 1 else 'it'} "
-        f"(exclude={zero[:5]!r}) or use another criterion"
+        f"(exclude={zero[:5]!r}) or use another criterion",
+        layers=zero,
     )

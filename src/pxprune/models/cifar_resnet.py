@@ -88,6 +88,12 @@ def cifar_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3) -> 
     return kaiming_init_(model)
 
 
+@register_model("resnet8", input_size=CIFAR_INPUT_SIZE, family="cifar_resnet")
+def resnet8(*, num_classes: int = 10, input_size: InputSize = CIFAR_INPUT_SIZE) -> ResNet:
+    """CIFAR ResNet-8 (He et al. 2016, n = 1), 0.08M parameters: for quick checks and tests."""
+    return cifar_resnet(8, num_classes=num_classes, in_channels=input_size[0])
+
+
 @register_model("resnet20", input_size=CIFAR_INPUT_SIZE, family="cifar_resnet")
 def resnet20(*, num_classes: int = 10, input_size: InputSize = CIFAR_INPUT_SIZE) -> ResNet:
     """CIFAR ResNet-20 (He et al. 2016; open_lth ``cifar_resnet_20``), 0.27M parameters."""
