@@ -1,6 +1,6 @@
 """Every criterion on modern torchvision architectures at 90% sparsity, and a short training check.
 
-    .venv/bin/python docs/modern_models.py [--steps 200] [--out docs/modern_models]
+    .venv/bin/python docs/modern_models.py [--steps 100] [--out docs/modern_models]
 
 Writes ``<out>/results.json`` (one entry per model and criterion; re-entrant: finished entries are
 kept, so the table can be built in parts) and ``docs/modern_models.md`` (the table). For each
@@ -8,8 +8,9 @@ model (torchvision's, at 32x32 px from Fashion-MNIST, 10 classes) and criterion:
 the criterion's default rounds capped at 20 (the budget of 2 CPU cores), on the Fashion-MNIST
 pruning split (10 images per class); record the effective density, the layers left empty or cut
 off, any error the library raises instead of a mask; then train the mask for ``--steps`` SGD steps
-(batch 32, lr 0.02, momentum 0.9) and the same per-layer budget shuffled at random within each
-layer (``mask.shuffled()``), and record the training loss at the start and at the end.
+(batch 16, lr 0.02, momentum 0.9, on 4096 training images) and the same per-layer budget shuffled
+at random within each layer (``mask.shuffled()``), and record the training loss at the start
+(mean of the first 10 steps) and at the end (mean of the last 20).
 
 Where a criterion refuses (a zero-initialised head; PX on squeeze-excitation branches or attention
 queries and keys, which its path bound does not cover), the table says so, and the row below
@@ -79,12 +80,12 @@ def train_check(model: nn.Module, mask, data, steps: int) -> tuple[float, float]
     losses = []
     x_all, y_all = data
     for _ in range(steps):
-        idx = torch.randint(0, len(x_all), (32,), generator=g)
+        idx = torch.randint(0, len(x_all), (16,), generator=g)
         loss = nn.functional.cross_entropy(net(x_all[idx]), y_all[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     if not all(math.isfinite(v) for v in losses):
         return float("nan"), float("nan")
     return sum(losses[:10]) / 10, sum(losses[-20:]) / 20
@@ -153,7 +154,7 @@ def table(results: list[dict], steps: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--out", default="docs/modern_models")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--criteria", default=",".join(CRITERIA))

@@ -45,6 +45,8 @@ class DatasetSpec:
     input_size: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    task: str = "classification"
+    """The task its items serve (``pxprune.tasks``)."""
 
     def __post_init__(self) -> None:
         if (
@@ -126,6 +128,16 @@ def create_dataset(
     return entry.builder(
         root, train=bool(train), download=bool(download), augment=augment, **options
     )
+
+
+def data_source(dataset: Dataset) -> str | None:
+    """Where a dataset's files were found (a folder), looking through Subset and ConcatDataset."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if isinstance(dataset, ConcatDataset) and dataset.datasets:
+        return data_source(dataset.datasets[0])
+    where = getattr(dataset, "source", None) or getattr(dataset, "root", None)
+    return str(Path(where).resolve()) if where is not None else None
 
 
 def targets_of(dataset: Dataset) -> torch.Tensor:

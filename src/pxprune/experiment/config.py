@@ -19,13 +19,12 @@ from typing import Any
 import yaml
 
 from ..threshold import SCOPES
+from ..train.loop import AMP_MODES, SCHEDULES
 from .errors import UserError
-from .spec import DENSE, LOTTERY, _plain, normalise_options, parse_criterion, yaml_scalar
+from .spec import _plain, parse_criterion, yaml_scalar
 
-SCHEDULES = ("step", "cosine")
-AMP_MODES = ("off", "fp16", "bf16", "auto")
 DEFAULT_RECIPE = "demo"
-META_KEYS = ("comment", "recipe")
+META_KEYS = ("comment", "recipe", "provenance")
 """Top-level keys of a recipe or config.yaml that describe it and are not configuration."""
 
 
@@ -399,35 +398,12 @@ def resolve_config(
 def build_config(raw: Mapping[str, Any], *, explicit_sparsity: bool = True) -> RunConfig:
     """A validated :class:`RunConfig` from a nested mapping of already type-checked values.
 
+    The ``prune`` section follows its mask source's rules (``pxprune.experiment.sources``): e.g.
     ``criterion: dense`` sets the sparsity to 0 unless one was given explicitly (then it must be
-    0); a sparsity of 0 records the criterion as ``dense``."""
-    prune = dict(raw["prune"])
-    s = prune["sparsity"]
-    if not 0.0 <= s < 1.0:
-        raise UserError(
-            f"impossible sparsity {s!r}: it must be in [0, 1) (0.982 removes 98.2% of the weights)"
-        )
-    if prune["criterion"] == DENSE:
-        if s > 0 and explicit_sparsity:
-            raise UserError(
-                f"criterion 'dense' means no pruning, but sparsity {s} was asked for; "
-                "drop --sparsity or choose a criterion (see `pxprune list criteria`)"
-            )
-        s = prune["sparsity"] = 0.0
-    if s == 0.0:
-        if prune["criterion"] != DENSE:
-            normalise_options(prune["criterion"], prune["options"])  # still check the name
-        prune.update(criterion=DENSE, options={}, rounds=None)
-        if prune["shuffle"]:
-            raise UserError(
-                "prune.shuffle needs a sparsity > 0 (a dense run has nothing to shuffle)"
-            )
-    else:
-        prune["options"] = normalise_options(prune["criterion"], prune["options"])
-        if prune["criterion"] == LOTTERY:
-            prune["rounds"] = None  # its levels follow from the rate
-    if prune["rounds"] is not None and prune["rounds"] < 1:
-        raise UserError(f"prune.rounds must be >= 1 or null, got {prune['rounds']}")
+    0), and a sparsity of 0 records the criterion as ``dense``."""
+    from .sources import normalise_prune
+
+    prune = normalise_prune(dict(raw["prune"]), explicit_sparsity=explicit_sparsity)
     train = dict(raw["train"])
     data = dict(raw["data"])
     model = dict(raw["model"])

@@ -12,7 +12,8 @@ from typing import Any
 from .config import RunConfig, with_prune
 from .errors import UserError
 from .run import Plan, plan, run_label
-from .spec import DENSE, parse_criterion
+from .sources import DENSE, Dense, dense_changes, source_for
+from .spec import parse_criterion
 
 DEMO_RECIPE = "demo"
 DEMO_CRITERIA = ("px", "random", DENSE)
@@ -24,10 +25,10 @@ def demo_config(config: RunConfig, criterion: str) -> RunConfig:
     """``config`` with its criterion replaced by a spec such as ``px`` or
     ``px[classifier=signed]`` (``dense``: sparsity 0); rounds are kept."""
     spec = parse_criterion(criterion)
-    if spec.name == DENSE:
+    if isinstance(source_for(spec.name), Dense):
         if spec.options or spec.shuffle or spec.reinit:
             raise UserError("the dense row takes no options, +shuffled or +reinit")
-        return with_prune(config, criterion=DENSE, sparsity=0.0, options={}, shuffle=False)
+        return with_prune(config, **dense_changes())
     changed = with_prune(config, criterion=spec.name, options=spec.options,
                          shuffle=spec.shuffle or config.prune.shuffle)
     if spec.reinit:

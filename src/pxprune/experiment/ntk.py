@@ -20,23 +20,12 @@ from ..analysis import ntk_summary
 from ..data import DatasetNotFoundError, create_dataset, split_hash, targets_of
 from ..masks import Mask, state_hash
 from .config import RunConfig
+from .data import build_model, load_data
 from .errors import UserError
 from .files import read_json, write_json
-from .run import (
-    INIT,
-    LOTTERY_DIR,
-    MASK,
-    REWIND,
-    SPLIT,
-    build_model,
-    load_data,
-    load_init,
-    load_mask,
-    read_config,
-    resolve_device,
-    run_label,
-)
-from .spec import DENSE, LOTTERY
+from .folder import INIT, MASK, SPLIT, RunFolder, load_mask, load_weights
+from .run import read_config, resolve_device, run_label, start_from
+from .sources import mask_label, source_for
 
 NTK_FILE = "ntk.json"
 DEFAULT_SAMPLES = 100
@@ -129,20 +118,15 @@ def run_ntk(out: str | Path, *, samples: int = DEFAULT_SAMPLES, probes: int = 64
     indices = _read_split(out)
     device = resolve_device(device)
     inputs = _split_inputs(config, indices, samples)
-    spec = load_data(config, train=False, test=False, split=False).spec
-    model = build_model(config, spec)
+    data = load_data(config, train=False, test=False, split=False)
+    model = build_model(config, data.spec)
     try:
         mask.check_fits(model)
     except ValueError as err:
         raise UserError(f"{out / MASK}: {err}") from None
-    theta0 = load_init(out / INIT, model)
-    weights = "theta_0"
-    if config.prune.criterion == LOTTERY and (out / LOTTERY_DIR / REWIND).is_file():
-        load_init(out / LOTTERY_DIR / REWIND, model)
-        weights = "rewind"
-    if config.train.reinit:
-        model.load_state_dict(build_model(config, spec, stream="reinit").state_dict())
-        weights = "reinit"
+    theta0 = load_weights(out / INIT, model)
+    weights = start_from(RunFolder(out), config, source_for(config.prune.criterion), model, mask,
+                         data)
     result = _summary(model, inputs, mask, device, probes=probes, top=top,
                       exact_limit=exact_limit, seed=seed)
     result.update(run=str(out), criterion=run_label(config), sparsity=mask.sparsity,
@@ -176,7 +160,7 @@ def mask_ntk(config: RunConfig, mask_file: str | Path, *, run_seed: int | None =
     except ValueError as err:
         raise UserError(f"{mask_file}: {err}") from None
     beside = mask_file.parent / INIT
-    theta0 = load_init(beside, model) if beside.is_file() else state_hash(model)
+    theta0 = load_weights(beside, model) if beside.is_file() else state_hash(model)
     if mask.metadata.get("theta0_hash") not in (None, theta0):
         where = beside if beside.is_file() else f"{config.model.name} with seed {config.seed}"
         raise UserError(f"the mask was made from another theta_0 than {where}; give the seed "
@@ -184,7 +168,7 @@ def mask_ntk(config: RunConfig, mask_file: str | Path, *, run_seed: int | None =
     result = _summary(model, inputs, mask, device, probes=probes, top=top,
                       exact_limit=exact_limit, seed=seed)
     result.update(run=None, mask=str(mask_file),
-                  criterion=str(mask.metadata.get("criterion") or DENSE),
+                  criterion=mask_label(mask),
                   sparsity=mask.sparsity, density=mask.density, seed=config.seed,
                   weights="theta_0", theta0_hash=theta0)
     return result

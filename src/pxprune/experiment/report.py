@@ -21,8 +21,9 @@ from typing import Any
 
 from .errors import UserError
 from .files import atomic_write_text, read_csv, read_json, write_csv
-from .run import LAYERS, MASK, METRICS, PRUNE_HISTORY
-from .spec import DENSE, sparsity_label
+from .folder import LAYERS, MASK, METRICS, PRUNE_HISTORY
+from .sources import DENSE
+from .spec import sparsity_label
 from .sweep import DEFAULT_CRITERIA, LOCK_DIR, SWEEP_FILE, read_sweep_file
 
 log = logging.getLogger("pxprune")

@@ -16,15 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..criteria import CRITERIA, make_options, non_default_options
 from .errors import UserError
-
-DENSE = "dense"
-"""Not a registered criterion: the unpruned network (sparsity 0)."""
-LOTTERY = "lottery"
-"""Not a registered criterion either (it trains): ``pxprune.lottery``, iterative magnitude
-pruning with rewinding, with the recipe's training at every level."""
-LOTTERY_OPTIONS = {"rate": 0.2, "rewind_step": 0}
 
 SUFFIXES = {"+shuffled": "shuffle", "+reinit": "reinit"}
 
@@ -138,41 +130,12 @@ def _plain(value: Any) -> Any:
 
 
 def normalise_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The criterion's options that differ from their defaults, validated, keys sorted.
+    """The criterion's options that differ from their defaults, validated, keys sorted (by its
+    mask source). An unknown criterion names the registered ones; an unknown or bad option names
+    the valid ones."""
+    from .sources import source_for
 
-    An unknown criterion names the registered ones; an unknown or bad option names the valid ones.
-    """
-    if name == DENSE:
-        if options:
-            raise UserError("criterion 'dense' (no pruning) takes no options")
-        return {}
-    if name == LOTTERY:
-        return _lottery_options(options)
-    try:
-        cls = CRITERIA.get(name)
-    except ValueError as err:
-        raise UserError(f"{err}; or dense (no pruning), lottery (IMP with rewinding)") from None
-    try:
-        opts = make_options(cls, dict(options))
-    except (TypeError, ValueError) as err:
-        raise UserError(str(err)) from None
-    kept = non_default_options(opts)
-    return {k: _plain(kept[k]) for k in sorted(kept)}
-
-
-def _lottery_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(LOTTERY_OPTIONS))
-    if unknown:
-        raise UserError(f"criterion 'lottery' has no option {', '.join(map(repr, unknown))}; "
-                        f"its options are: {', '.join(LOTTERY_OPTIONS)}")
-    rate = options.get("rate", LOTTERY_OPTIONS["rate"])
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < 1:
-        raise UserError(f"lottery rate must be in (0, 1), got {rate!r}")
-    step = options.get("rewind_step", LOTTERY_OPTIONS["rewind_step"])
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise UserError(f"lottery rewind_step must be a non-negative integer, got {step!r}")
-    given = {"rate": float(rate), "rewind_step": step}
-    return {k: v for k, v in sorted(given.items()) if v != LOTTERY_OPTIONS[k]}
+    return source_for(name).options(options)
 
 
 def format_value(value: Any) -> str:

@@ -33,8 +33,10 @@ from .config import RunConfig, with_prune
 from .demo import demo_config
 from .errors import UserError
 from .files import read_json, write_json
-from .run import METRICS, Observer, Plan, execute, plan, run_label
-from .spec import DENSE, parse_criterion, sparsity_label, split_top_level
+from .folder import METRICS
+from .run import Observer, Plan, execute, plan, run_label
+from .sources import DENSE
+from .spec import parse_criterion, sparsity_label, split_top_level
 
 log = logging.getLogger("pxprune")
 
@@ -241,7 +243,7 @@ def _grid_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | No
     for key, norm in (("criteria", sorted), ("sparsities", labels), ("seeds", sorted)):
         if norm(old.get(key, [])) != norm(new[key]):
             return f"{key} {old.get(key)} there, {new[key]} here"
-    from .run import _first_difference
+    from .folder import _first_difference
 
     diff = _first_difference(old.get("config"), new["config"], "config")
     return diff

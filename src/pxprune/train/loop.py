@@ -1,4 +1,5 @@
-"""Classification training and evaluation: SGD, step or cosine schedule, mixed precision.
+"""Training and evaluation for any task (``pxprune.tasks``): SGD, step / cosine / poly schedules,
+mixed precision. The task gives the loss and the metrics; nothing here assumes a classifier.
 
 Masks are applied before the optimizer is built (``mask.apply(model)``, a parametrization
 ``weight * mask``): the gradient of a pruned weight is exactly 0 and the weight itself is 0, so
@@ -23,6 +24,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 AMP_MODES = ("off", "fp16", "bf16", "auto")
+SCHEDULES = ("step", "cosine", "poly")
+POLY_POWER = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +81,8 @@ def make_scheduler(
     gamma: float = 0.1,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step schedule. ``step``: lr x ``gamma`` at the start of each milestone epoch;
-    ``cosine``: ``0.5 (1 + cos(pi t / T))`` over all T steps (reaching 0 after the last)."""
+    ``cosine``: ``0.5 (1 + cos(pi t / T))`` over all T steps (reaching 0 after the last);
+    ``poly``: ``(1 - t / T) ** 0.9`` per step (the DeepLab schedule)."""
     if steps_per_epoch < 1 or epochs < 1:
         raise ValueError("a schedule needs at least one epoch of at least one step")
     if schedule == "step":
@@ -91,8 +95,13 @@ def make_scheduler(
 
         def factor(step: int) -> float:
             return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    elif schedule == "poly":
+        total = epochs * steps_per_epoch
+
+        def factor(step: int) -> float:
+            return (1.0 - min(step, total) / total) ** POLY_POWER
     else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose step or cosine")
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -142,24 +151,43 @@ def seeded_rng(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
 
 @dataclasses.dataclass(frozen=True)
 class EpochStats:
-    """One training epoch: mean loss and accuracy over its samples (train mode), the lr at its
-    first step, the number of steps and wall seconds."""
+    """One training epoch: the task's training metrics (``values``, e.g. train_loss and
+    train_acc, means over its samples in train mode), the lr at its first step, the number of
+    steps and wall seconds."""
 
-    loss: float
-    acc: float
+    values: dict[str, float]
     lr: float
     steps: int
     seconds: float
 
+    @property
+    def loss(self) -> float:
+        return self.values["train_loss"]
+
+    @property
+    def acc(self) -> float | None:
+        return self.values.get("train_acc")
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalStats:
-    """Mean cross-entropy, top-1 and (with more than 10 classes) top-5 accuracy, as fractions."""
+    """One evaluation: the task's metrics (``values``; classification: test_loss, test_acc and,
+    with more than 10 classes, test_acc5, as fractions) over ``samples`` samples."""
 
-    loss: float
-    acc: float
-    acc5: float | None
+    values: dict[str, float | None]
     samples: int
+
+    @property
+    def loss(self) -> float:
+        return self.values["test_loss"]  # type: ignore[return-value]
+
+    @property
+    def acc(self) -> float | None:
+        return self.values.get("test_acc")
+
+    @property
+    def acc5(self) -> float | None:
+        return self.values.get("test_acc5")
 
 
 def _to(batch: Any, device: torch.device,
@@ -172,6 +200,14 @@ def _to(batch: Any, device: torch.device,
     return x, torch.as_tensor(y).to(device, non_blocking=nb)
 
 
+def _task(task: Any):  # noqa: ANN202
+    if task is None or isinstance(task, str):
+        from ..tasks import get_task
+
+        return get_task(task or "classification")
+    return task
+
+
 def train_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -181,6 +217,7 @@ def train_epoch(
     scaler: torch.amp.GradScaler,
     amp: Amp,
     device: torch.device | str,
+    task: Any = None,
     on_step: Callable[[], None] | None = None,
     max_steps: int | None = None,
     memory_format: torch.memory_format | None = None,
@@ -188,37 +225,33 @@ def train_epoch(
     """One pass over ``loader`` (or its first ``max_steps`` batches); the schedule steps
     per batch."""
     device = torch.device(device)
+    task = _task(task)
     model.train()
     start = time.perf_counter()
     lr = float(optimizer.param_groups[0]["lr"])
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = steps = 0
+    meter = task.train_meter(device)
+    steps = 0
     for batch in loader:
         if max_steps is not None and steps >= max_steps:
             break
         x, y = _to(batch, device, memory_format)
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, amp):
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            output = model(x)
+            loss = task.loss(output, y)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         with torch.no_grad():
-            loss_sum += loss.detach().double() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
+            task.train_update(meter, output, y, loss)
         steps += 1
         if on_step is not None:
             on_step()
-    if seen == 0:
+    if steps == 0:
         raise ValueError("the training loader yielded no batches")
-    return EpochStats(
-        loss=float(loss_sum) / seen, acc=int(correct) / seen, lr=lr, steps=steps,
-        seconds=time.perf_counter() - start,
-    )
+    return EpochStats(values=task.train_compute(meter), lr=lr, steps=steps,
+                      seconds=time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -229,38 +262,27 @@ def evaluate(
     num_classes: int,
     amp: Amp,
     device: torch.device | str,
+    task: Any = None,
     max_steps: int | None = None,
     memory_format: torch.memory_format | None = None,
 ) -> EvalStats:
-    """Mean loss, top-1 and top-5 (only when ``num_classes > 10``) over ``loader`` in eval mode."""
+    """The task's metrics over ``loader`` in eval mode (classification: mean loss, top-1 and,
+    with more than 10 classes, top-5)."""
     device = torch.device(device)
+    task = _task(task)
     was_training = model.training
     model.eval()
     try:
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        top1 = torch.zeros((), dtype=torch.int64, device=device)
-        top5 = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        k = min(5, num_classes)
+        meter = task.eval_meter(num_classes, device)
         for step, batch in enumerate(loader):
             if max_steps is not None and step >= max_steps:
                 break
             x, y = _to(batch, device, memory_format)
             with _autocast(device, amp):
-                logits = model(x)
-            logits = logits.float()
-            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-            best = logits.topk(k, dim=1).indices
-            top1 += (best[:, 0] == y).sum()
-            top5 += (best == y[:, None]).any(dim=1).sum()
-            seen += len(y)
+                output = model(x)
+            task.eval_update(meter, output, y)
     finally:
         model.train(was_training)
-    if seen == 0:
-        raise ValueError("the evaluation loader yielded no batches")
-    return EvalStats(
-        loss=float(loss_sum) / seen,
-        acc=int(top1) / seen,
-        acc5=int(top5) / seen if num_classes > 10 else None,
-        samples=seen,
-    )
+    values = task.eval_compute(meter)
+    samples = int(values.pop("samples"))
+    return EvalStats(values=values, samples=samples)

@@ -58,8 +58,12 @@ class Trainer:
         device: torch.device | str = "cpu",
         workers: int | None = None,
         channels_last: bool = True,
+        task: Any = None,
     ) -> None:
+        from .loop import _task
+
         self.model = model
+        self.task = _task(task)
         self.memory_format = None
         if channels_last and any(p.dim() == 4 for p in model.parameters()):
             self.memory_format = torch.channels_last
@@ -101,8 +105,8 @@ class Trainer:
         with seeded_rng(epoch_seed, self.device):
             stats = train_epoch(
                 self.model, self.train_loader, self.optimizer, self.scheduler,
-                scaler=self.scaler, amp=self.amp, device=self.device, on_step=on_step,
-                max_steps=max_steps, memory_format=self.memory_format,
+                scaler=self.scaler, amp=self.amp, device=self.device, task=self.task,
+                on_step=on_step, max_steps=max_steps, memory_format=self.memory_format,
             )
         self.epoch += 1
         return stats
@@ -110,7 +114,8 @@ class Trainer:
     def evaluate(self, *, max_steps: int | None = None) -> EvalStats:
         return evaluate(
             self.model, self.test_loader, num_classes=self.num_classes, amp=self.amp,
-            device=self.device, max_steps=max_steps, memory_format=self.memory_format,
+            device=self.device, task=self.task, max_steps=max_steps,
+            memory_format=self.memory_format,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""A run's data and model: the training set, the test set, the pruning split (the task's rule,
+with the eval transform, from the training subset), and the model built from the seed's streams."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..data import DatasetNotFoundError, create_dataset, data_source, get_spec, train_subset
+from ..data.base import DatasetSpec
+from ..models import create_model
+from ..seeding import stream_seed
+from ..tasks import Task, get_task
+from .config import RunConfig
+from .errors import UserError
+
+MATERIALISE_BYTES = 1 << 30
+"""Pruning splits up to this size are held in memory; larger ones are re-read every round."""
+
+
+@dataclasses.dataclass
+class Data:
+    spec: DatasetSpec
+    train: Dataset | None = None
+    test: Dataset | None = None
+    split: Subset | None = None
+    split_indices: list[int] | None = None
+    source: str | None = None
+    """Where the files were found (recorded in config.yaml's provenance)."""
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.spec.task)
+
+
+def _base_indices(ds: Dataset, indices: list[int]) -> list[int]:
+    """Positions in the underlying full dataset of indices into (nested) Subsets."""
+    while isinstance(ds, Subset):
+        indices = [int(ds.indices[i]) for i in indices]
+        ds = ds.dataset
+    return indices
+
+
+def load_data(config: RunConfig, *, train: bool = True, test: bool = True,
+              split: bool = True) -> Data:
+    """The training set (with its augmentation), the test set and the pruning split (drawn with
+    the eval transform from the training subset). Missing files are a :class:`UserError`."""
+    d = config.data
+    spec = get_spec(d.name)
+    result = Data(spec=spec)
+
+    def make(is_train: bool, augment: bool | None) -> Dataset:
+        try:
+            ds = create_dataset(d.name, root=d.root, train=is_train, download=d.download,
+                                augment=augment)
+            if result.source is None:
+                result.source = data_source(ds)
+            if is_train and d.train_subset is not None:
+                ds = train_subset(ds, d.train_subset, seed=0)
+            return ds
+        except DatasetNotFoundError as err:
+            raise UserError(str(err)) from None
+        except (ValueError, OSError) as err:
+            raise UserError(f"cannot read {d.name} under {d.root}: {err}") from None
+
+    if train:
+        result.train = make(True, None)
+    if test:
+        result.test = make(False, None)
+    if split:
+        twin = make(True, False)
+        try:
+            result.split = result.task.pruning_split(twin, d.per_class, config.seed)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        result.split_indices = _base_indices(twin, list(result.split.indices))
+    return result
+
+
+def build_model(config: RunConfig, spec: DatasetSpec, *, stream: str = "init") -> nn.Module:
+    """The configured model on the CPU, drawn from the ``init`` (theta_0) or ``reinit`` stream."""
+    kwargs = dict(num_classes=spec.num_classes, pretrained=config.model.pretrained,
+                  input_size=spec.input_size)
+    try:
+        if stream == "init":
+            return create_model(config.model.name, seed=config.seed, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(stream_seed(config.seed, stream))
+            return create_model(config.model.name, seed=None, **kwargs)
+    except (ValueError, OSError) as err:
+        raise UserError(str(err)) from None
+
+
+def pruning_batches(split: Subset, spec: DatasetSpec, batch_size: int = 256) -> Any:
+    """The split as a list of (inputs, targets) batches, or a non-shuffling DataLoader when it
+    would not fit comfortably in memory."""
+    loader = DataLoader(split, batch_size=batch_size, shuffle=False)
+    if len(split) * math.prod(spec.input_size) * 4 > MATERIALISE_BYTES:
+        return loader
+    return [(x, y) for x, y in loader]
