@@ -235,6 +235,35 @@ def test_grasp_through_batchnorm_matches_finite_difference() -> None:
     assert_scores_close(pxprune.score(model, "grasp", [(x, y)]), ref, rtol=1e-5, atol=1e-6)
 
 
+class HardGated(nn.Module):
+    """An SE-style gate through ``hardsigmoid`` (whose backward PyTorch cannot differentiate)."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(12, 10), nn.Linear(10, 10), nn.Linear(10, 4)
+        self.gate, self.act = nn.Hardsigmoid(inplace=inplace), nn.Hardswish()
+
+    def forward(self, x):
+        h = self.act(self.a(x.flatten(1)))
+        return self.c(h * self.gate(self.b(h)))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_grasp_through_hardsigmoid_matches_finite_difference(inplace: bool) -> None:
+    model = _seeded(lambda: HardGated(inplace).double())
+    with torch.no_grad():
+        model.b.weight.mul_(3)  # gates on both sides of the kinks at +-3
+    x, y = data((8, 3, 2, 2), classes=4, dtype=torch.float64)
+    names = ["a.weight", "b.weight", "c.weight"]
+    ref = grasp_reference(model, x, y, names=names)
+    got = pxprune.score(model, "grasp", [(x, y)])
+    assert_scores_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert F.hardsigmoid is torch.nn.functional.hardsigmoid  # the scope is gone
+    with pytest.raises(RuntimeError, match="hardsigmoid_backward"):
+        g, = torch.autograd.grad(F.hardsigmoid(x.requires_grad_()).sum(), x, create_graph=True)
+        torch.autograd.grad(g.sum(), x)
+
+
 def test_grasp_temperature_option() -> None:
     model = mlp(torch.float64)
     x, y = data((8, 3, 2, 2), classes=4, dtype=torch.float64)

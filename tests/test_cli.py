@@ -315,10 +315,21 @@ def test_quiet_means_no_bars(fmnist, tmp_path, capsys):
 def test_list(capsys):
     code, out, _ = cli(capsys, "list", "criteria")
     assert code == 0 and set(pxprune.list_criteria()) <= set(out.split())
+    assert "dense" in out and "lottery" in out
     for what, name in (("models", "resnet20"), ("datasets", "fashion-mnist"),
-                       ("recipes", "cifar10_resnet20")):
+                       ("recipes", "cifar10_resnet20"), ("tasks", "classification")):
         code, out, _ = cli(capsys, "list", what)
         assert code == 0 and name in out
+
+
+def test_a_model_for_another_task_is_a_clear_error(capsys, monkeypatch, fmnist, tmp_path):
+    from pxprune.models import factory
+
+    info = factory.ModelInfo("resnet20", (3, 32, 32), "cifar_resnet", tasks=("segmentation",))
+    entry = factory._Entry(info=info, builder=factory._MODELS.get("resnet20").builder)
+    monkeypatch.setitem(factory._MODELS._items, "resnet20", entry)
+    code, _, err = cli(capsys, "run", *tiny(fmnist), "--out", tmp_path / "x")
+    assert_user_error(code, err, "segmentation", "classification", "pxprune list models")
 
 
 def test_python_dash_m_is_the_command(monkeypatch, capsys):

@@ -12,7 +12,7 @@ from torch import nn
 import pxprune
 from conftest import ResBlockNet, TinyCNN
 from pxprune import threshold
-from pxprune.criteria import Criterion, NoOptions, register_criterion
+from pxprune.criteria import Criterion, NoOptions
 from pxprune.criteria.base import CRITERIA
 from pxprune.masks import Mask, overlap
 from pxprune.selection import canonical_name, prunable_parameters
@@ -34,8 +34,11 @@ class _Const(Criterion):
         return {n: torch.full(p.shape, self.options.value) for n, p in ctx.params.items()}
 
 
-if "_test_const" not in CRITERIA:
-    register_criterion(_Const)
+@pytest.fixture
+def const_criterion():
+    """The test criterion, registered only while a test that asks for it runs."""
+    with CRITERIA.scoped(_Const.name, _Const):
+        yield _Const.name
 
 
 def _expected_counts(m: int, s: float, rounds: int) -> list[int]:
@@ -63,7 +66,7 @@ def test_density_becomes_sparsity_once():
     assert threshold.resolve_sparsity(0.982, None) == 0.982
 
 
-def test_counting_at_every_round_and_ties_in_order():
+def test_counting_at_every_round_and_ties_in_order(const_criterion):
     model = TinyCNN(seed=0)
     m = sum(p.numel() for p in model.parameters())
     seen = []
@@ -257,7 +260,7 @@ def test_list_criteria():
     assert pxprune.list_criteria() == sorted(pxprune.list_criteria())
 
 
-def test_criterion_without_options_rejects_any():
+def test_criterion_without_options_rejects_any(const_criterion):
     @dataclasses.dataclass(frozen=True)
     class _O(NoOptions):
         pass

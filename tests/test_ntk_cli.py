@@ -18,8 +18,8 @@ from pxprune.analysis import ntk_summary
 from pxprune.cli import main
 from pxprune.data import create_dataset, get_spec
 from pxprune.experiment import build_model, read_config
-from pxprune.experiment.ntk import balanced
 from pxprune.experiment.folder import load_weights as load_init
+from pxprune.experiment.ntk import balanced
 from pxprune.masks import Mask
 
 REQUIRED = {"dense_trace", "masked_trace", "trace_fraction", "dense_top_eigenvalues",

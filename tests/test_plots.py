@@ -158,3 +158,25 @@ def test_overlap_with(tmp_path):
     with pytest.raises(ValueError, match="other than the reference"):
         plots.overlap_with([{"criterion": "px", "sparsity": 0.5, "overlap": 1.0}],
                            tmp_path / "x.png")
+
+
+def test_px_variants_are_highlighted_in_the_lines_drawn(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    """Reports label rows by folder (``px--bn=train``, ``px+shuffled``): those are PX too."""
+    from pxprune.analysis import plots
+
+    drawn = {}
+
+    def capture(fig, path):
+        for line in fig.axes[0].get_lines():
+            drawn[line.get_label().split(" (")[0]] = line.get_linewidth()
+        return Path(path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    rows = [{"criterion": c, "sparsity": 0.9, "mean": 0.5, "std": 0.0, "n": 1}
+            for c in ("px", "px--bn=train--classifier=signed", "px+shuffled", "px[bn=train]",
+                      "snip", "pxlike")]
+    plots.accuracy_vs_sparsity(rows, tmp_path / "a.png")
+    heavy = {c for c, w in drawn.items() if w > 2}
+    assert heavy == {"px", "px--bn=train--classifier=signed", "px+shuffled", "px[bn=train]"}

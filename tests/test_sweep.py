@@ -56,7 +56,8 @@ class FakeRunner:
         name = "/".join(out.parts[-3:])
         lock = lock_path(sweep_mod.SweepRun(out.parts[-3], float(out.parts[-2]),
                                             int(out.parts[-1][4:]), p.config, out))
-        holder = lock.read_text().strip() if lock.is_file() else "none"
+        pid_file = lock.with_name(lock.name + ".pid")
+        holder = pid_file.read_text().strip() if pid_file.is_file() else "none"
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(p.config.to_yaml())
         progress = out / "progress.txt"
@@ -149,7 +150,11 @@ def test_crash_mid_grid_then_reentry_repeats_nothing(fmnist, tmp_path, capsys, f
     assert [c["run"] for c in first] == RUNS[:3]
     assert not (out / "random/0.9/seed0/metrics.json").exists()
     assert (out / "random/0.9/seed0/progress.txt").read_text() == "1"
-    assert not list((out / ".locks").rglob("*.lock"))  # released on the way out
+    for path in (out / ".locks").rglob("*.lock"):  # every lock released on the way out
+        lock = RunLock(path)
+        assert lock.acquire(), path
+        lock.release()
+    assert not list((out / ".locks").rglob("*.pid"))
 
     code, stdout, err = cli(capsys, "sweep", *GRID, *options(fmnist), "--out", out)
     assert code == 0, err
@@ -271,19 +276,22 @@ def test_folders_that_are_not_this_sweep_are_never_touched(fmnist, tmp_path, cap
 # ------------------------------------------------------------------------------ locks and jobs
 def test_run_lock_is_exclusive_and_outlives_no_process(tmp_path):
     path = tmp_path / "a" / "seed0.lock"
+    pid = path.with_name("seed0.lock.pid")
     first, second = RunLock(path), RunLock(path)
     assert first.acquire()
-    assert path.read_text().strip() == str(os.getpid())
+    assert pid.read_text().strip() == str(os.getpid())
     assert not second.acquire() and second.holder == str(os.getpid())
     first.release()
-    assert not path.exists()
+    assert not pid.exists()
     assert second.acquire()
     second.release()
-    # a lock file left by a process that died (no flock held any more) is taken over
-    path.write_text("999999999\n")
+    # files left by a process that died (the OS dropped its lock) are taken over
+    path.write_text("")
+    pid.write_text("999999999\n")
     with RunLock(path) as third:
-        assert third.acquire() and path.read_text().strip() == str(os.getpid())
-    assert not path.exists()
+        assert third.holder == str(os.getpid()) and pid.read_text().strip() == str(os.getpid())
+    assert not pid.exists()
+    assert RunLock(path).acquire()
 
 
 def test_jobs_run_every_run_once_in_workers_under_their_locks(fmnist, tmp_path, capsys, fake,
@@ -294,7 +302,8 @@ def test_jobs_run_every_run_once_in_workers_under_their_locks(fmnist, tmp_path, 
     # a lock left by a dead process is reclaimed; one held by a live process is respected
     stale = out / ".locks" / "px" / "0.5" / "seed0.lock"
     stale.parent.mkdir(parents=True)
-    stale.write_text("999999999\n")
+    stale.write_text("")
+    stale.with_name("seed0.lock.pid").write_text("999999999\n")
     held = RunLock(out / ".locks" / "random" / "0.9" / "seed0.lock")
     assert held.acquire()
     try:

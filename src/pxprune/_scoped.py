@@ -120,3 +120,30 @@ def positions_per_sample(calls: list[tuple[str, tuple[int, ...]]], model: nn.Mod
         channels = shape[-1] if linear else (shape[1] if len(shape) > 1 else 1)
         out[name] = math.prod(shape) // max(1, shape[0] * channels) if len(shape) > 1 else 1
     return out
+
+
+class _TwiceDifferentiable(torch.overrides.TorchFunctionMode):
+    """Runs the ops whose backward PyTorch cannot differentiate again in an equal form that it
+    can. ``hardsigmoid``'s backward has no derivative (``hardswish``'s has); ``relu6(x + 3) / 6``
+    is the same function with the same gradient almost everywhere, and its second derivative is
+    the true one (zero)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.hardsigmoid:
+            x = args[0]
+            inplace = args[1] if len(args) > 1 else kwargs.get("inplace", False)
+            out = torch.nn.functional.relu6(x + 3.0) / 6.0
+            return x.copy_(out) if inplace else out
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """Scope in which a model's forward can be differentiated twice (GraSP's Hessian-gradient
+    product): attention runs in its math form (the fused kernels have no double backward) and
+    ``hardsigmoid`` in an equal form that has one."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH), _TwiceDifferentiable():
+        yield

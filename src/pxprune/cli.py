@@ -62,18 +62,18 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+    from .tables import markdown_table
+
+    return markdown_table(header, [[_fmt(v) for v in row] for row in rows])
 
 
-def _metrics_table(label: str, m: Mapping[str, Any]) -> str:
+def _metrics_table(label: str, m: Mapping[str, Any], task: Any = None) -> str:
+    columns = task.summary_columns if task is not None else ("test_acc", "test_acc5")
     return _table(
-        ["run", "sparsity", "density", "effective", "test_acc", "test_acc5", "prune_s", "train_s",
+        ["run", "sparsity", "density", "effective", *columns, "prune_s", "train_s",
          "empty layers"],
-        [[label, m["sparsity"], m["density"], m["effective_density"], m["test_acc"],
-          m["test_acc5"], f"{m['prune_seconds']:.1f}", f"{m['train_seconds']:.1f}",
-          len(m["empty_layers"])]],
+        [[label, m["sparsity"], m["density"], m["effective_density"], *(m.get(c) for c in columns),
+          f"{m['prune_seconds']:.1f}", f"{m['train_seconds']:.1f}", len(m["empty_layers"])]],
     )
 
 
@@ -97,12 +97,14 @@ def _setup_logging(quiet: bool) -> None:
 
 
 # ------------------------------------------------------------------------------ progress bars
-def _observer(args: argparse.Namespace, label: str, out: Path):
+def _observer(args: argparse.Namespace, label: str, out: Path, task: Any = None):
     from tqdm import tqdm
 
     from .experiment import Observer
+    from .tasks import get_task
 
     quiet = args.quiet
+    task = task or get_task("classification")
 
     class Bars(Observer):
         bar = None
@@ -142,11 +144,9 @@ def _observer(args: argparse.Namespace, label: str, out: Path):
         def epoch_end(self, row: Mapping[str, Any]) -> None:
             self._close()
             if not quiet:
-                test = ("" if row.get("test_acc") is None else
-                        f" | test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}")
                 tqdm.write(
-                    f"{label}: epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc "
-                    f"{row['train_acc']:.4f}{test} | {row['seconds']:.1f} s",
+                    f"{label}: epoch {row['epoch']}: {task.describe_epoch(row)} | "
+                    f"{row['seconds']:.1f} s",
                     file=sys.stderr,
                 )
 
@@ -193,7 +193,10 @@ def _execute(args: argparse.Namespace, p, label: str, device) -> int:
 
     if p.state == "finished":
         _note(args, f"{p.out}: already finished, nothing to do")
-    metrics = execute(p, observer=_observer(args, label, p.out), device=device)
+    from .experiment.data import config_task
+
+    task = config_task(p.config)
+    metrics = execute(p, observer=_observer(args, label, p.out, task), device=device)
     print(p.out)
     if p.mode == "prune":
         mask = p.mask
@@ -205,7 +208,7 @@ def _execute(args: argparse.Namespace, p, label: str, device) -> int:
                      [[label, mask.sparsity, mask.density,
                        f"{float(mask.metadata.get('prune_seconds') or 0.0):.1f}"]]))
     else:
-        print(_metrics_table(label, metrics))
+        print(_metrics_table(label, metrics, task))
     return 0
 
 
@@ -242,11 +245,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .experiment import evaluate_run
+    from .experiment.data import config_task
+    from .experiment.run import read_config
 
+    task = config_task(read_config(Path(args.run))) if Path(args.run).is_dir() else None
     result = evaluate_run(args.run, device=args.device)
-    print(_table(["run", "epoch", "density", "test_acc", "test_acc5", "test_loss"],
-                 [[result["run"], result["epoch"], result["density"], result["test_acc"],
-                   result["test_acc5"], result["test_loss"]]]))
+    columns = (*task.summary_columns, *task.eval_columns[:1]) if task else ()
+    print(_table(["run", "epoch", "density", *columns],
+                 [[result["run"], result["epoch"], result["density"],
+                   *(result.get(c) for c in columns)]]))
     return 0
 
 
@@ -260,9 +267,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         resolve_config,
         split_criteria,
     )
+    from .experiment.data import config_task
     from .experiment.run import resolve_device
 
     config = resolve_config(args.recipe, _sets(args), _flags(args))
+    task = config_task(config)
     criteria = split_criteria(args.criteria)
     device = resolve_device(args.device)
     plans = demo_plans(config, args.out, criteria)
@@ -273,9 +282,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _note(args, f"demo {i}/{len(plans)}: {name}: reusing the finished run in {p.out}")
         else:
             _note(args, f"demo {i}/{len(plans)}: {name} -> {p.out}")
-        results.append((name, execute(p, observer=_observer(args, name, p.out), device=device)))
+        results.append((name, execute(p, observer=_observer(args, name, p.out, task),
+                                      device=device)))
     _note(args, f"demo: {time.perf_counter() - start:.0f} s")
-    print(demo_table(results))
+    print(demo_table(results, task.primary))
     return 0
 
 
@@ -283,6 +293,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import time
 
     from .experiment import DEFAULT_RECIPE, Flags, resolve_config
+    from .experiment.data import config_task
     from .experiment.run import resolve_device
     from .experiment.sweep import make_sweep, prepare, record_failures, run_sweep
 
@@ -315,8 +326,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ended[0] += 1
         name = outcome.run.name
         if outcome.status == "done":
-            acc = (outcome.metrics or {}).get("test_acc")
-            acc_text = f"test_acc {acc:.4f}, " if isinstance(acc, float) else ""
+            key = config_task(outcome.run.config).primary
+            acc = (outcome.metrics or {}).get(key)
+            acc_text = f"{key} {acc:.4f}, " if isinstance(acc, float) else ""
             _note(args, f"sweep [{ended[0]}/{todo}] {name}: done ({acc_text}"
                         f"{outcome.seconds:.0f} s)")
         elif outcome.status == "failed":
@@ -418,21 +430,28 @@ def cmd_ntk(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "criteria":
         from .api import list_criteria
+        from .experiment import SOURCES
 
         for name in list_criteria():
             print(name)
-        print("dense  (no pruning: sparsity 0)")
-        print("lottery  (iterative magnitude pruning with rewinding; trains at every level)")
+        for name in SOURCES.names():
+            if SOURCES.get(name).summary:
+                print(f"{name}  ({SOURCES.get(name).summary})")
     elif args.what == "models":
         from .models import list_models
 
         for name in list_models():
             print(name)
     elif args.what == "datasets":
-        from .data import list_datasets
+        from .data import get_spec, list_datasets
 
         for name in list_datasets():
-            print(name)
+            print(f"{name}  ({get_spec(name).task})")
+    elif args.what == "tasks":
+        from .tasks import get_task, list_tasks
+
+        for name in list_tasks():
+            print(f"{name}  (primary metric: {get_task(name).primary})")
     else:
         from .experiment import list_recipes, recipe_comment
 
@@ -559,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ntk)
 
     p = sub.add_parser("list", help="registered names")
-    p.add_argument("what", choices=["criteria", "models", "datasets", "recipes"])
+    p.add_argument("what", choices=["criteria", "models", "datasets", "recipes", "tasks"])
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_list)
     return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -31,6 +32,15 @@ class Registry(Generic[T]):
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = obj
+
+    @contextlib.contextmanager
+    def scoped(self, name: str, obj: T) -> Iterator[T]:
+        """Register ``obj`` for the duration of a ``with`` block (tests, experiments)."""
+        self.add(name, obj)
+        try:
+            yield obj
+        finally:
+            del self._items[name]
 
     def get(self, name: str) -> T:
         try:

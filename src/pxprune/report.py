@@ -103,23 +103,19 @@ class Report:
         ]
 
     def to_markdown(self) -> str:
-        lines = [
-            "| layer | shape | kept | total | density | effective | MACs kept | |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-        ]
+        from .tables import markdown_table
+
+        rows = []
         for r in self.rows:
             macs = r.masked_macs / r.dense_macs if r.dense_macs else 1.0
-            flag = "**EMPTY**" if r.empty else ""
-            lines.append(
-                f"| {r.name} | {'x'.join(map(str, r.shape))} | {r.kept} | {r.total} | "
-                f"{r.density:.4f} | {r.effective_density:.4f} | {macs:.4f} | {flag} |"
-            )
-        lines.append(
-            f"| **total** | | {self.kept} | {self.total} | {self.density:.4f} | "
-            f"{self.effective_density:.4f} | {self.flops_fraction:.4f} | "
-            f"{len(self.empty_layers)} empty |"
-        )
-        return "\n".join(lines)
+            rows.append([r.name, "x".join(map(str, r.shape)), r.kept, r.total, f"{r.density:.4f}",
+                         f"{r.effective_density:.4f}", f"{macs:.4f}", "**EMPTY**" if r.empty else ""])
+        rows.append(["**total**", "", self.kept, self.total, f"{self.density:.4f}",
+                     f"{self.effective_density:.4f}", f"{self.flops_fraction:.4f}",
+                     f"{len(self.empty_layers)} empty"])
+        return markdown_table(
+            ["layer", "shape", "kept", "total", "density", "effective", "MACs kept", ""], rows,
+            align=["", "", "r", "r", "r", "r", "r", ""])
 
 
 def effective_masks(

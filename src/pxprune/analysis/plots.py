@@ -69,7 +69,9 @@ def _by_criterion(rows: Iterable[Row], what: str) -> dict[str, list[Row]]:
 
 
 def _is_px(criterion: str) -> bool:
-    return criterion == "px" or criterion.startswith("px[")
+    """PX and its variants, in the spec spelling (``px[bn=train]``) and in the folder labels
+    that reports carry (``px--bn=train``, ``px+shuffled``)."""
+    return criterion == "px" or criterion.startswith(("px[", "px--", "px+"))
 
 
 def _style(criterion: str) -> dict[str, Any]:
@@ -85,13 +87,11 @@ def _percent_label(value: float) -> str:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    good = [v for v in values if not math.isnan(v)]
-    if not good:
-        return math.nan, math.nan
-    mean = sum(good) / len(good)
-    if len(good) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in good) / (len(good) - 1))
+    """(mean, std) with NaN for no value and 0 for one (what the plots draw)."""
+    from ..stats import mean_std
+
+    mean, std, _ = mean_std(values)
+    return (math.nan, math.nan) if mean is None else (mean, 0.0 if std is None else std)
 
 
 def accuracy_vs_sparsity(

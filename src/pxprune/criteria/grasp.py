@@ -7,8 +7,8 @@ import math
 from collections.abc import Mapping
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .._scoped import twice_differentiable
 from .base import Context, Criterion, DataOptions, register_criterion
 from .snip import as_input, mean_loss_gradient, summed_cross_entropy, train_mode_pass
 
@@ -62,8 +62,7 @@ class GraSP(Criterion):
         t = self.options.temperature
         leaves = ctx.masked(mask, grad=True)
         tensors = list(leaves.values())
-        # the fused attention kernels have no double backward: attention runs in its math form
-        with train_mode_pass(ctx, leaves), sdpa_kernel(SDPBackend.MATH):
+        with train_mode_pass(ctx, leaves), twice_differentiable():
             g, count = mean_loss_gradient(ctx, tensors, criterion=self.name, temperature=t)
             hg = [torch.zeros_like(w, requires_grad=False) for w in tensors]
             for x, y in ctx.batches:

@@ -423,7 +423,7 @@ def _validate(model: dict, data: dict, prune: dict, train: dict) -> None:
     from ..models import model_info
 
     try:
-        model_info(model["name"])
+        info = model_info(model["name"])
     except ValueError as err:
         raise UserError(str(err)) from None
     pre = model["pretrained"]
@@ -432,9 +432,14 @@ def _validate(model: dict, data: dict, prune: dict, train: dict) -> None:
             f"model.pretrained {pre!r} is neither 'imagenet' nor an existing state_dict file"
         )
     try:
-        get_spec(data["name"])
+        spec = get_spec(data["name"])
     except ValueError as err:
         raise UserError(str(err)) from None
+    if spec.task not in info.tasks:
+        raise UserError(
+            f"model {model['name']!r} is for {', '.join(info.tasks)}, but dataset {data['name']!r} "
+            f"is a {spec.task} dataset: choose a {spec.task} model (see `pxprune list models`)"
+        )
     if data["per_class"] < 1:
         raise UserError(f"data.per_class must be >= 1, got {data['per_class']}")
     if data["train_subset"] is not None and data["train_subset"] < 1:

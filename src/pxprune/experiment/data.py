@@ -38,6 +38,11 @@ class Data:
         return get_task(self.spec.task)
 
 
+def config_task(config: RunConfig) -> Task:
+    """The task of a configuration: its dataset's."""
+    return get_task(get_spec(config.data.name).task)
+
+
 def _base_indices(ds: Dataset, indices: list[int]) -> list[int]:
     """Positions in the underlying full dataset of indices into (nested) Subsets."""
     while isinstance(ds, Subset):

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..tables import markdown_table
 from .config import RunConfig, with_prune
 from .errors import UserError
 from .run import Plan, plan, run_label
@@ -18,7 +19,6 @@ from .spec import parse_criterion
 DEMO_RECIPE = "demo"
 DEMO_CRITERIA = ("px", "random", DENSE)
 DEMO_OUT = Path("runs") / "demo"
-TABLE_COLUMNS = ("test_acc", "density", "prune_s", "train_s")
 
 
 def demo_config(config: RunConfig, criterion: str) -> RunConfig:
@@ -49,13 +49,12 @@ def demo_plans(config: RunConfig, out: str | Path = DEMO_OUT,
     return plans
 
 
-def demo_table(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    """One markdown table, a row per run: test accuracy, density, pruning and training seconds."""
-    lines = ["| run | test_acc | density | prune_s | train_s |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for name, m in results:
-        lines.append(
-            f"| {name} | {m['test_acc']:.4f} | {m['density']:.4f} | "
-            f"{m['prune_seconds']:.1f} | {m['train_seconds']:.1f} |"
-        )
-    return "\n".join(lines)
+def demo_table(results: Sequence[tuple[str, Mapping[str, Any]]], metric: str = "test_acc") -> str:
+    """One markdown table, a row per run: the task's primary metric, density, pruning and
+    training seconds."""
+    return markdown_table(
+        ["run", metric, "density", "prune_s", "train_s"],
+        [[name, f"{m[metric]:.4f}", f"{m['density']:.4f}", f"{m['prune_seconds']:.1f}",
+          f"{m['train_seconds']:.1f}"] for name, m in results],
+        align=["", "r", "r", "r", "r"],
+    )

@@ -15,10 +15,15 @@ import dataclasses
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ..stats import mean_std
+from ..tables import markdown_table
+from ..tasks import Task, get_task
 from .errors import UserError
 from .files import atomic_write_text, read_csv, read_json, write_csv
 from .folder import LAYERS, MASK, METRICS, PRUNE_HISTORY
@@ -93,16 +98,6 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
-    """Mean, sample standard deviation (ddof 1; None for fewer than two values) and count of
-    the values that are numbers."""
-    good = [v for v in values if v is not None]
-    if not good:
-        return None, None, 0
-    mean = sum(good) / len(good)
-    if len(good) < 2:
-        return mean, None, len(good)
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in good) / (len(good) - 1)), len(good)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,10 +110,11 @@ class Gap:
     exceeds: bool | None
 
 
-def gap(cell: Cell, ref: Cell) -> Gap | None:
-    """``cell`` minus ``ref`` in test accuracy (None when either has no finished run)."""
-    mean, std, _ = cell.stats("test_acc")
-    ref_mean, ref_std, _ = ref.stats("test_acc")
+def gap(cell: Cell, ref: Cell, metric: str = "test_acc") -> Gap | None:
+    """``cell`` minus ``ref`` in the task's primary metric (None when either has no finished
+    run)."""
+    mean, std, _ = cell.stats(metric)
+    ref_mean, ref_std, _ = ref.stats(metric)
     if mean is None or ref_mean is None:
         return None
     value = mean - ref_mean
@@ -146,6 +142,17 @@ class SweepData:
     records: dict[tuple[str, str, int], RunRecord]
     grid: set[tuple[str, str]]
     from_file: bool
+    task: Task = dataclasses.field(default_factory=lambda: get_task("classification"))
+
+    @property
+    def metric(self) -> str:
+        """The metrics.json key the report compares (the task's primary metric)."""
+        return self.task.primary
+
+    @property
+    def label(self) -> str:
+        """How that metric is called: ``Test accuracy``."""
+        return self.task.primary_label[:1].upper() + self.task.primary_label[1:]
 
     def cell(self, criterion: str, sparsity: str) -> Cell:
         expected = self.seeds if (criterion, sparsity) in self.grid else []
@@ -172,13 +179,14 @@ class SweepData:
         return self.records.get((criterion, sparsity, seed))
 
 
-def _read_record(criterion: str, sparsity: str, seed: int, path: Path) -> RunRecord:
+def _read_record(criterion: str, sparsity: str, seed: int, path: Path,
+                 metric: str = "test_acc") -> RunRecord:
     record = RunRecord(criterion, sparsity, seed, path, "unfinished")
     if (path / METRICS).is_file():
         try:
             metrics = read_json(path / METRICS)
-            if not isinstance(metrics, dict) or _number(metrics.get("test_acc")) is None:
-                raise ValueError("no test_acc")
+            if not isinstance(metrics, dict) or _number(metrics.get(metric)) is None:
+                raise ValueError(f"no {metric}")
             record.metrics, record.status = metrics, "finished"
         except (OSError, ValueError):
             record.status = "unreadable"
@@ -204,6 +212,7 @@ def collect(out: str | Path) -> SweepData:
     if not out.is_dir():
         raise UserError(f"no sweep folder at {out}")
     spec = read_sweep_file(out)
+    task = _task_of(out, spec)
     records: dict[tuple[str, str, int], RunRecord] = {}
     for crit_dir in sorted(out.iterdir()):
         if not crit_dir.is_dir() or crit_dir.name.startswith(".") or crit_dir.name in (
@@ -217,7 +226,7 @@ def collect(out: str | Path) -> SweepData:
                 if not seed_dir.is_dir() or not match:
                     continue
                 key = (crit_dir.name, s_dir.name, int(match.group(1)))
-                records[key] = _read_record(*key, seed_dir)
+                records[key] = _read_record(*key, seed_dir, task.primary)
     found_criteria = sorted({c for c, _, _ in records if c != DENSE}, key=_order)
     found_sparsities = sorted({s for c, s, _ in records if c != DENSE}, key=float)
     if spec is not None:
@@ -235,7 +244,28 @@ def collect(out: str | Path) -> SweepData:
         seeds = sorted({k for _, _, k in records})
         grid = {(c, s) for c in criteria for s in sparsities} | {(DENSE, "0")}
     return SweepData(out=out, criteria=criteria, sparsities=sparsities, seeds=seeds,
-                     records=records, grid=grid, from_file=spec is not None)
+                     records=records, grid=grid, from_file=spec is not None, task=task)
+
+
+def _task_of(out: Path, spec: Mapping[str, Any] | None) -> Task:
+    """The task of a sweep: its dataset's (from sweep.json, else the first run's config.yaml)."""
+    from ..data import get_spec
+
+    name = None
+    if spec is not None:
+        name = ((spec.get("config") or {}).get("data") or {}).get("name")
+    if name is None:
+        for config in sorted(out.glob("*/*/seed*/config.yaml")):
+            try:
+                name = (yaml.safe_load(config.read_text()) or {}).get("data", {}).get("name")
+            except (OSError, yaml.YAMLError, AttributeError):
+                continue
+            if name:
+                break
+    try:
+        return get_task(get_spec(name).task) if name else get_task("classification")
+    except ValueError:
+        return get_task("classification")
 
 
 # ------------------------------------------------------------------------------ per-run files
@@ -331,10 +361,7 @@ def _cell_text(mean: float | None, std: float | None, n: int, expected: int,
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "| --- |" + " ---: |" * (len(header) - 1)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(header, rows, align=["", *["r"] * (len(header) - 1)])
 
 
 def _grid_table(data: SweepData, text: Callable[[str, str], str], skip: str | None = None) -> str:
@@ -346,23 +373,23 @@ def _grid_table(data: SweepData, text: Callable[[str, str], str], skip: str | No
 
 def accuracy_table(data: SweepData) -> str:
     """Rows: the dense run, then each criterion label; columns: sparsity 0 (dense only) and
-    every sparsity of the grid; cells: mean ± std of the test accuracy in % (n seeds)."""
+    every sparsity of the grid; cells: mean ± std of the task's primary metric in % (n seeds)."""
     header = ["criterion", "0 (dense)", *data.sparsities]
     dense = data.dense()
-    d_mean, d_std, _ = dense.stats("test_acc")
+    d_mean, d_std, _ = dense.stats(data.metric)
     rows = [[DENSE, _cell_text(d_mean, d_std, dense.n, dense.expected),
              *([""] * len(data.sparsities))]]
     best: dict[str, float] = {}
     cells = {(c, s): data.cell(c, s) for c in data.criteria for s in data.sparsities}
     for (_, s), cell in cells.items():
-        mean = cell.stats("test_acc")[0]
+        mean = cell.stats(data.metric)[0]
         if mean is not None and mean > best.get(s, -math.inf):
             best[s] = mean
     for c in data.criteria:
         row = [c, ""]
         for s in data.sparsities:
             cell = cells[(c, s)]
-            mean, std, _ = cell.stats("test_acc")
+            mean, std, _ = cell.stats(data.metric)
             if cell.n == 0 and (c, s) not in data.grid:
                 row.append("")
                 continue
@@ -373,10 +400,10 @@ def accuracy_table(data: SweepData) -> str:
 
 
 def gap_table(data: SweepData, cells: Mapping[tuple[str, str], Cell], reference: str) -> str:
-    """Each criterion's mean test accuracy minus ``reference``'s, in points, per sparsity; a
+    """Each criterion's mean primary metric minus ``reference``'s, in points, per sparsity; a
     gap larger than twice the larger std of the two cells is bold and marked ``>2σ``."""
     def text(c: str, s: str) -> str:
-        g = gap(cells[(c, s)], cells[(reference, s)])
+        g = gap(cells[(c, s)], cells[(reference, s)], data.metric)
         if g is None:
             return "—"
         value = f"{100.0 * g.value:+.2f}"
@@ -386,7 +413,7 @@ def gap_table(data: SweepData, cells: Mapping[tuple[str, str], Cell], reference:
 
     return "\n".join([
         f"## Gap to {reference} (points)", "",
-        f"Mean test accuracy minus {reference}'s at the same sparsity. **Bold** with >2σ: the "
+        f"Mean {data.task.primary_label} minus {reference}'s at the same sparsity. **Bold** with >2σ: the "
         "gap exceeds twice the larger of the two cells' standard deviations; (n<2): a cell has "
         "fewer than two seeds, so no spread to compare with.", "",
         _grid_table(data, text, skip=reference)])
@@ -443,7 +470,7 @@ def _grid_note(data: SweepData) -> str:
 def summary(data: SweepData) -> str:
     """The accuracy table with its caption and the list of missing runs (what the CLI prints)."""
     missing = missing_runs(data)
-    parts = ["## Test accuracy (%)", "",
+    parts = [f"## {data.label} (%)", "",
              "Mean ± std (sample std, ddof 1) over seeds; n = finished runs in the cell. "
              "The best mean per sparsity is in bold; — marks a cell without a finished run.",
              "", _grid_note(data), "", accuracy_table(data), ""]
@@ -520,13 +547,13 @@ def write_report(out: str | Path, *, layers: Sequence[str] | None = None,
     for cell in [dense, *cells.values()]:
         if cell.n == 0 and not cell.missing:
             continue  # outside the grid and never run
-        mean, std, _ = cell.stats("test_acc")
+        mean, std, _ = cell.stats(data.metric)
         eff = cell.stats("effective_density")[0]
         secs = cell.stats("prune_seconds")[0]
         ntk_mean, _, ntk_n = cell.ntk_stats()
         ov = mean_std(overlaps.get((cell.criterion, cell.sparsity), []))[0]
         ref = cells.get((reference, cell.sparsity))
-        g = gap(cell, ref) if ref is not None and cell.criterion != reference else None
+        g = gap(cell, ref, data.metric) if ref is not None and cell.criterion != reference else None
         csv_rows.append([cell.criterion, float(cell.sparsity), mean, std, cell.n, cell.expected,
                          len(cell.missing), " ".join(r.name for r in cell.missing), eff, secs,
                          ntk_mean, ntk_n, ov, None if g is None else g.value,
@@ -587,21 +614,23 @@ def _accuracy_figures(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, 
     for (c, s), cell in cells.items():
         if cell.n == 0 and not cell.missing:
             continue
-        mean, std, _ = cell.stats("test_acc")
+        mean, std, _ = cell.stats(data.metric)
         rows.append({"criterion": c, "sparsity": float(s), "mean": mean, "std": std,
                      "n": cell.n})
     if not any(r["n"] for r in rows):
         notes.append("no accuracy figure: no finished pruned run yet")
         return {}
-    d_mean, d_std, _ = dense.stats("test_acc")
+    d_mean, d_std, _ = dense.stats(data.metric)
     dense_arg = {"mean": d_mean, "std": d_std, "n": dense.n} if dense.n else None
+    metric = data.task.primary_label
     return {
         "accuracy": plot_mod.accuracy_vs_sparsity(
-            rows, folder / "accuracy_vs_sparsity.png", dense=dense_arg),
+            rows, folder / "accuracy_vs_sparsity.png", dense=dense_arg,
+            title=f"{data.label} vs sparsity", metric=metric),
         "accuracy_log": plot_mod.accuracy_vs_sparsity(
             rows, folder / "accuracy_vs_sparsity_log.png", dense=dense_arg, log_scale=True,
-            title="Test accuracy vs sparsity (log scale of density)"),
-        **_per_seed_figure(plot_mod, data, cells, folder, "test_acc", dense=dense_arg),
+            title=f"{data.label} vs sparsity (log scale of density)", metric=metric),
+        **_per_seed_figure(plot_mod, data, cells, folder, data.metric, dense=dense_arg),
     }
 
 
@@ -628,7 +657,7 @@ def _per_seed_figure(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, s
             metric="fraction of the dense NTK trace")}
     return {"accuracy_seeds": plot_mod.seeds_at_sparsity(
         rows, folder / f"accuracy_at_{s}.png", dense=dense,
-        title=f"Test accuracy per seed, sparsity {s}")}
+        title=f"{data.label} per seed, sparsity {s}", metric=data.task.primary_label)}
 
 
 def _ntk_figure(plot_mod: Any, data: SweepData, cells: Mapping[tuple[str, str], Cell],
@@ -711,10 +740,11 @@ def _markdown(data: SweepData, cells: Mapping[tuple[str, str], Cell], dense: Cel
               notes: Sequence[str]) -> str:
     parts = [f"# Sweep report: {data.out}", "", summary(data)]
     if "accuracy" in figures:
-        parts += ["", f"![test accuracy vs sparsity]({figures['accuracy'].name})", "",
-                  f"![test accuracy vs sparsity, log scale]({figures['accuracy_log'].name})"]
+        what = data.task.primary_label
+        parts += ["", f"![{what} vs sparsity]({figures['accuracy'].name})", "",
+                  f"![{what} vs sparsity, log scale]({figures['accuracy_log'].name})"]
     if "accuracy_seeds" in figures:
-        parts += ["", f"![test accuracy per seed]({figures['accuracy_seeds'].name})"]
+        parts += ["", f"![{data.task.primary_label} per seed]({figures['accuracy_seeds'].name})"]
     if reference in data.criteria:
         parts += ["", gap_table(data, cells, reference)]
 

@@ -68,6 +68,8 @@ class MaskSource:
     """One way of making a run's mask."""
 
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    """One line for ``pxprune list criteria`` (empty: not a ``--criterion``)."""
     applied: ClassVar[bool] = True
     """Whether training multiplies the weights by the mask."""
     trains: ClassVar[bool] = False
@@ -212,6 +214,7 @@ class Dense(MaskSource):
     """The unpruned network: an all-ones mask that training does not apply."""
 
     name = DENSE
+    summary = "no pruning: sparsity 0"
     applied = False
 
     def options(self, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -249,6 +252,7 @@ class Lottery(MaskSource):
     (a stopped run resumes per level) and ``lottery/rewind.pt`` theta_k."""
 
     name = LOTTERY
+    summary = "iterative magnitude pruning with rewinding; trains at every level"
     trains = True
 
     def options(self, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,16 +8,14 @@ resumes, one stopped while pruning prunes again. All criteria at one seed share 
 pruning split and the data order because all three come from the seed's streams (section 4).
 
 Several worker processes (``jobs``) take runs from one queue; each run holds an exclusive
-``flock`` on ``<out>/.locks/<criterion>/<sparsity>/seed<k>.lock`` while it executes, so two sweeps
-started on the same folder never run the same cell twice. The kernel drops the lock of a process
-that dies, so a lock file left by a dead PID is simply taken over.
+lock (``filelock``) on ``<out>/.locks/<criterion>/<sparsity>/seed<k>.lock`` while it executes, so
+two sweeps started on the same folder never run the same cell twice. The operating system drops
+the lock of a process that dies, so a lock left by a dead process is simply taken over.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import logging
 import multiprocessing
 import os
@@ -28,6 +26,8 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from .config import RunConfig, with_prune
 from .demo import demo_config
@@ -279,68 +279,53 @@ def prepare(sweep: Sweep) -> list[tuple[SweepRun, Plan]]:
 
 # ------------------------------------------------------------------------------ locks
 class RunLock:
-    """An exclusive, non-blocking ``flock`` on a lock file that holds its owner's PID.
+    """An exclusive, non-blocking lock on a file (``filelock``: ``flock`` on POSIX, ``msvcrt`` on
+    Windows), with its owner's PID in ``<lock>.pid`` for messages.
 
-    The kernel releases the lock of a process that dies, so a file left by a dead PID is taken
-    over. The holder unlinks the file on release; a process that locked a file which was unlinked
-    meanwhile notices (inode changed) and tries again."""
+    The operating system releases the lock of a process that dies, so a lock left by a dead
+    process is simply taken over."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.fd: int | None = None
+        self._lock = FileLock(str(self.path))
         self.holder: str | None = None
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.path.with_name(self.path.name + ".pid")
 
     def acquire(self) -> bool:
         """True when locked; False when another live process holds it (``holder``: its PID)."""
-        if self.fd is not None:
+        if self._lock.is_locked:
             raise RuntimeError(f"{self.path} is already locked by this object")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    os.close(fd)
-                    raise
-                self.holder = _read_holder(fd)
-                os.close(fd)
-                return False
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            self.fd = fd
-            self.holder = str(os.getpid())
-            return True
+                self.holder = self._pid_file.read_text().strip() or "?"
+            except OSError:
+                self.holder = "?"
+            return False
+        self._pid_file.write_text(f"{os.getpid()}\n")
+        self.holder = str(os.getpid())
+        return True
 
     def release(self) -> None:
-        if self.fd is None:
+        if not self._lock.is_locked:
             return
         try:
-            self.path.unlink(missing_ok=True)
+            self._pid_file.unlink(missing_ok=True)
         finally:
-            os.close(self.fd)
-            self.fd = None
+            self._lock.release()
 
     def __enter__(self) -> RunLock:
+        if not self.acquire():
+            raise RuntimeError(f"{self.path} is held by {self.holder}")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        return os.read(fd, 64).decode(errors="replace").strip() or "?"
-    except OSError:
-        return "?"
 
 
 def lock_path(run: SweepRun) -> Path:

@@ -28,11 +28,13 @@ TORCHVISION_INPUT_SIZE: InputSize = (3, 224, 224)
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a builder declares about its model: the default ``input_size=(C, H, W)`` and family."""
+    """What a builder declares about its model: the default ``input_size=(C, H, W)``, family, and
+    the tasks (``pxprune.tasks``) its output serves."""
 
     name: str
     input_size: InputSize
     family: str
+    tasks: tuple[str, ...] = ("classification",)
 
 
 class ModelBuilder(Protocol):
@@ -52,9 +54,11 @@ B = TypeVar("B", bound=Callable[..., nn.Module])
 _MODELS: Registry[_Entry] = Registry("model")
 
 
-def register_model(name: str, *, input_size: Sequence[int], family: str) -> Callable[[B], B]:
+def register_model(name: str, *, input_size: Sequence[int], family: str,
+                   tasks: Sequence[str] = ("classification",)) -> Callable[[B], B]:
     """Decorator registering ``builder(*, num_classes, input_size) -> nn.Module`` under ``name``."""
-    info = ModelInfo(name=name, input_size=_check_input_size(input_size), family=family)
+    info = ModelInfo(name=name, input_size=_check_input_size(input_size), family=family,
+                     tasks=tuple(tasks))
 
     def decorator(builder: B) -> B:
         _MODELS.add(name, _Entry(info=info, builder=builder))

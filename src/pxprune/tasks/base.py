@@ -55,6 +55,15 @@ class Task:
     """history.csv columns of an evaluation."""
     metric_columns: ClassVar[tuple[str, ...]] = ()
     """metrics.json keys of the final evaluation and training epoch, in order."""
+    summary_columns: ClassVar[tuple[str, ...]] = ()
+    """The metrics a one-line run table shows (``pxprune run``, ``pxprune eval``)."""
+
+    def describe_epoch(self, row: Mapping[str, Any]) -> str:
+        """One progress line for an epoch's history row."""
+        parts = [f"{c.replace('_', ' ')} {row[c]:.4f}" for c in (*self.train_columns,
+                                                                 *self.eval_columns)
+                 if isinstance(row.get(c), float | int)]
+        return ", ".join(parts)
 
     @property
     def history_columns(self) -> tuple[str, ...]:

@@ -3,6 +3,7 @@ fractions, the pruning split of N examples per class (CONTRACTS.md section 7).""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -28,6 +29,12 @@ class Classification(Task):
     train_columns = ("train_loss", "train_acc")
     eval_columns = ("test_loss", "test_acc")
     metric_columns = ("test_acc", "test_acc5", "test_loss", "train_loss")
+    summary_columns = ("test_acc", "test_acc5")
+
+    def describe_epoch(self, row: Mapping[str, Any]) -> str:
+        test = ("" if row.get("test_acc") is None else
+                f" | test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}")
+        return f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}{test}"
 
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(_logits(output), target)
