@@ -96,7 +96,7 @@ def test_scores_do_not_depend_on_chunking_batching_or_order(criterion, net):
 
 
 def _hand_z1(model: nn.Sequential, x: torch.Tensor, mask: dict) -> torch.Tensor:
-    """PX.md section 2 written out for a bias-free ReLU MLP, sample by sample, in float64."""
+    """docs/design/PX.md section 2 written out for a bias-free ReLU MLP, sample by sample, in float64."""
     linears = [m for m in model if isinstance(m, nn.Linear)]
     names = [f"{i}.weight" for i, m in enumerate(model) if isinstance(m, nn.Linear)]
     total = torch.zeros(linears[-1].out_features, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""The pxprune command: run folders, reuse and resume rules, user errors (CONTRACTS.md 5, 6, 8).
+"""The pxprune command: run folders, reuse and resume rules, user errors (docs/design/CONTRACTS.md 5, 6, 8).
 
 Tiny runs: ResNet-20 at 32 px on fake Fashion-MNIST IDX files (20 training, 8 test images),
 1 image per class for the pruning split, 2 pruning rounds, 1 epoch.

@@ -1,4 +1,4 @@
-"""The criterion contract, for every registered criterion (CONTRACTS.md sections 1 and 3)."""
+"""The criterion contract, for every registered criterion (docs/design/CONTRACTS.md sections 1 and 3)."""
 
 from __future__ import annotations
 

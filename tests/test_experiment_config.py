@@ -1,4 +1,4 @@
-"""Configuration, recipes, --set, criterion specs and folder names (CONTRACTS.md section 6, 8)."""
+"""Configuration, recipes, --set, criterion specs and folder names (docs/design/CONTRACTS.md section 6, 8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PX against brute-force path enumeration (PX.md sections 1-2), in float64.
+"""PX against brute-force path enumeration (docs/design/PX.md sections 1-2), in float64.
 
 Every network here is a bias-free chain of three linear maps (an MLP, or a CNN written as dense
 matrices whose entries share weights). Paths are enumerated explicitly: all (i0, i1, i2, k) whose three

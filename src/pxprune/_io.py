@@ -51,7 +51,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def load_payload(
-    path: str | os.PathLike, fmt: str, *, what: str, fix: str, version: int | None = None
+    path: str | os.PathLike, fmt: str, *, what: str, fix: str,
+    version: int | tuple[int, ...] | None = None,
 ) -> dict:
     """``torch.load(weights_only=True)`` of a dict tagged ``format == fmt`` (and ``version``);
     ``ValueError`` naming ``what`` the file should be and ``fix`` when it is not one. A missing
@@ -67,8 +68,10 @@ def load_payload(
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise ValueError(f"{path} is not a pxprune {what} file; {fix}")
-    if version is not None and payload.get("version") != version:
+    versions = (version,) if isinstance(version, int) else version
+    if versions is not None and payload.get("version") not in versions:
+        readable = " and ".join(map(str, versions))
         raise ValueError(
-            f"{path} has {what} format version {payload.get('version')}, this pxprune reads {version}"
+            f"{path} has {what} format version {payload.get('version')}, this pxprune reads {readable}"
         )
     return payload

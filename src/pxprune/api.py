@@ -1,4 +1,4 @@
-"""The entry points: ``score`` and ``prune`` (CONTRACTS.md section 1)."""
+"""The entry points: ``score`` and ``prune`` (docs/design/CONTRACTS.md section 1)."""
 
 from __future__ import annotations
 

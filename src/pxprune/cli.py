@@ -1,4 +1,4 @@
-"""The ``pxprune`` command (CONTRACTS.md section 6): the only place that parses arguments, prints,
+"""The ``pxprune`` command (docs/design/CONTRACTS.md section 6): the only place that parses arguments, prints,
 draws progress bars and configures logging.
 
     pxprune run   [--recipe NAME|FILE] [--criterion SPEC] [--sparsity S | --density D] ...
@@ -307,7 +307,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                            "recipe": args.recipe or DEFAULT_RECIPE, "set": _sets(args),
                            "rounds": args.rounds, "epochs": args.epochs})
     device = resolve_device(args.device)
-    plans = prepare(sweep)
+    plans = prepare(sweep, extend=args.extend)
     runs = [run for run, _ in plans]
     before = sum(p.state == "finished" for _, p in plans)
     todo = len(runs) - before
@@ -375,6 +375,34 @@ def cmd_report(args: argparse.Namespace) -> int:
         _note(args, f"pxprune: report: {note}")
     _note(args, f"wrote {len(out.files)} files to {Path(args.dir) / 'report'}: "
                 + ", ".join(p.name for p in out.files))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .experiment.export import export_sweep
+
+    bar = None
+
+    def progress(i: int, n: int, name: str) -> None:
+        nonlocal bar
+        if args.quiet:
+            return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, desc="export", unit="run", file=sys.stderr, leave=False)
+        bar.set_postfix_str(name)
+        bar.update(1 if i else 0)
+
+    try:
+        result = export_sweep(args.dir, args.out, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"exported {len(result.exported)} runs to {result.out} ({len(result.already)} already "
+          f"there; {result.size / 1e6:.2f} MB in all)")
+    for name, why in result.left_out.items():
+        _note(args, f"pxprune: export: {name} left out ({why})")
     return 0
 
 
@@ -545,7 +573,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="runs at once in N worker processes, each with cores // N threads "
                         "(default: 1, in this process)")
+    p.add_argument("--extend", action="store_true",
+                   help="DIR holds a sweep of the same base configuration: add this grid to it "
+                        "(run only what is missing) instead of refusing")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("export", help="a compact copy of a sweep's finished runs (no checkpoints)")
+    p.add_argument("dir", metavar="DIR", help="a sweep folder (pxprune sweep --out DIR)")
+    p.add_argument("--out", required=True, metavar="EXPORT",
+                   help="the export folder; one holding an export of the same base configuration "
+                        "gains this sweep's grid and the runs it lacks")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="tables and figures of a sweep folder")
     p.add_argument("dir", metavar="DIR", help="a sweep folder (pxprune sweep --out DIR)")

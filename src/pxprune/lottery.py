@@ -1,6 +1,6 @@
 """Iterative magnitude pruning with weight rewinding: the lottery-ticket procedure of Frankle &
 Carbin (ICLR 2019) and Frankle et al. ("Linear mode connectivity and the lottery ticket hypothesis",
-ICML 2020). Not a criterion: it needs training (CONTRACTS.md section 1)."""
+ICML 2020). Not a criterion: it needs training (docs/design/CONTRACTS.md section 1)."""
 
 from __future__ import annotations
 

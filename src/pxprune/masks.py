@@ -1,9 +1,10 @@
-"""Masks are data: ``{canonical parameter name: bool tensor}`` (CONTRACTS.md section 2)."""
+"""Masks are data: ``{canonical parameter name: bool tensor}`` (docs/design/CONTRACTS.md section 2)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,6 +20,8 @@ from .selection import PrunableWeight, canonical_name, prunable_weights, unwrap
 
 FORMAT = "pxprune.mask"
 FORMAT_VERSION = 1
+PACKED_VERSION = 2
+"""Version 2 stores every mask bit-packed (eight weights a byte): ``Mask.save(path, packed=True)``."""
 
 
 class MaskParametrization(nn.Module):
@@ -210,14 +213,19 @@ class Mask(Mapping[str, torch.Tensor]):
         return Mask(out, metadata=meta)
 
     # persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically; loadable with ``torch.load(..., weights_only=True)``."""
-        payload = {
+    def save(self, path: str | os.PathLike, *, packed: bool = False) -> None:
+        """Write atomically; loadable with ``torch.load(..., weights_only=True)``. ``packed``:
+        eight weights a byte (for exports; read by :meth:`load` like the plain form)."""
+        payload: dict[str, Any] = {
             "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "masks": {n: t.cpu() for n, t in self._items.items()},
+            "version": PACKED_VERSION if packed else FORMAT_VERSION,
             "metadata": _plain(self.metadata),
         }
+        if packed:
+            payload["packed"] = {n: {"shape": list(t.shape), "bits": pack_bits(t)}
+                                 for n, t in self._items.items()}
+        else:
+            payload["masks"] = {n: t.cpu() for n, t in self._items.items()}
         atomic_save(payload, path)
 
     @classmethod
@@ -226,9 +234,16 @@ class Mask(Mapping[str, torch.Tensor]):
         if not path.is_file():
             raise FileNotFoundError(f"no mask file at {path}: run `pxprune prune` to make one")
         payload = load_payload(
-            path, FORMAT, what="mask", fix="re-create it with `pxprune prune`", version=FORMAT_VERSION
+            path, FORMAT, what="mask", fix="re-create it with `pxprune prune`",
+            version=(FORMAT_VERSION, PACKED_VERSION),
         )
         masks = payload.get("masks")
+        if payload.get("version") == PACKED_VERSION:
+            try:
+                masks = {n: unpack_bits(e["bits"], e["shape"])
+                         for n, e in (payload.get("packed") or {}).items()}
+            except (KeyError, TypeError, ValueError, RuntimeError):
+                raise ValueError(f"{path} holds a broken packed mask; re-export it") from None
         if not isinstance(masks, dict) or not masks:
             raise ValueError(f"{path} holds no mask tensors; re-create it with `pxprune prune`")
         return cls(masks, metadata=payload.get("metadata") or {})
@@ -304,3 +319,25 @@ def overlap(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Ove
         jaccard=both / either if either else 1.0,
         layers=layers,
     )
+
+
+_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as uint8, eight entries a byte (the first entry in the highest bit, as
+    ``numpy.packbits``), padded with zeros to a whole byte."""
+    flat = mask.detach().reshape(-1).to("cpu", torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return (flat.view(-1, 8) * _BIT_WEIGHTS).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(bits: torch.Tensor, shape: list[int] | tuple[int, ...]) -> torch.Tensor:
+    """The inverse of :func:`pack_bits`."""
+    n = math.prod(shape)
+    if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != (n + 7) // 8:
+        raise ValueError(f"{bits.numel()} bytes cannot hold a mask of shape {tuple(shape)}")
+    flat = (bits.view(-1, 1) & _BIT_WEIGHTS) != 0
+    return flat.reshape(-1)[:n].reshape(tuple(shape)).clone()

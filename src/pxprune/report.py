@@ -1,4 +1,4 @@
-"""Per-layer reports of a mask: density, effective density and MACs (CONTRACTS.md section 2).
+"""Per-layer reports of a mask: density, effective density and MACs (docs/design/CONTRACTS.md section 2).
 
 A weight is *effective* when it lies on at least one fully kept input-to-output path. One
 forward/backward of a reachability copy decides it exactly: weights are the mask (0/1), activations

@@ -1,4 +1,4 @@
-"""Seed streams (CONTRACTS.md section 4).
+"""Seed streams (docs/design/CONTRACTS.md section 4).
 
 ``seed`` feeds ``numpy.random.SeedSequence(seed).spawn(6)``; each child seeds one independent stream:
 init, split, data order/augmentation, criterion, shuffle, reinit. The library never seeds globally;

@@ -1,4 +1,4 @@
-"""The one place that turns scores into masks (CONTRACTS.md section 3).
+"""The one place that turns scores into masks (docs/design/CONTRACTS.md section 3).
 
 Counting: sparsity s in [0, 1) is the fraction of prunable weights removed. Round t of T prunes in
 total n_t = floor(round((1 - (1 - s) ** (t / T)) * m, 9)) weights, exactly floor(round(s * m, 9)) at

@@ -1,4 +1,4 @@
-"""The empirical neural tangent kernel at initialisation, dense and masked (issue 5, item 3).
+"""The empirical neural tangent kernel at initialisation, dense and masked .
 
 For inputs ``x_1..x_N`` and a network with ``K`` outputs per sample (flattened), ``J`` is the
 ``NK x P`` Jacobian of the outputs with respect to the ``P`` trainable parameters and

@@ -1,11 +1,11 @@
-"""Figures of a sweep in the style of the paper's Figure 2 (issue 5, item 2), written as PNG files.
+"""Figures of a sweep in the style of the paper's Figure 2, written as PNG files.
 
 Each function draws on its own ``matplotlib.figure.Figure`` with the Agg canvas (pyplot and its
 global state are never touched), writes the PNG atomically (a temporary file beside ``path``, then a
 rename) and returns the path. Inputs are plain rows (dicts), as ``pxprune report`` aggregates them;
-sparsities, densities, accuracies and overlaps are fractions in [0, 1] (CONTRACTS.md section 5) and
-are drawn in percent. A missing cell (``mean`` of ``None``/NaN or ``n == 0``) leaves a gap in its
-line and is counted in the legend, never dropped silently.
+sparsities, densities, accuracies and overlaps are fractions in [0, 1]
+(docs/design/CONTRACTS.md section 5) and are drawn in percent. A missing cell (``mean`` of
+``None``/NaN or ``n == 0``) leaves a gap in its line and is counted in the legend, never dropped silently.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Path eXclusion (PX): Iurada, Ciccone, Tommasi, "Finding Lottery Tickets in Vision Models via
 Data-driven Spectral Foresight Pruning", CVPR 2024 (arXiv 2406.01820). What is computed is specified
-in the project's design note PX.md; this docstring summarises it.
+in docs/design/PX.md; this docstring summarises it.
 
 For a bias-free ReLU network every output is a sum over input-to-output paths p,
 ``f_k(x) = sum_p v_p(theta) a_p(x) x_s(p)``. Two path copies of the network give
@@ -15,9 +15,9 @@ and ``R = sum_{n,k} z1[n,k] z2[k]``. The score of prunable weight j is
 ``S_j = theta_j**2 * dR/d(theta_j**2) = sum_{n,k} z1[n,k] sum_{p in P_k, p contains j} v_p**2 >= 0``,
 its share of the path bound on the NTK trace (``sum_j dR/d(theta_j**2)`` is the row-wise bound).
 
-Choices (PX.md section 3): BatchNorm is a per-channel linear map (``bn="eval"``: scale 1 in the data
-copy, ``(gamma/sqrt(var+eps))**2`` in the weight copy, shifts 0), chosen by module type; biases are 0;
-fixed linear maps with coefficient c (average pooling, ``mean``) contribute 1 in the data copy and
+Choices (docs/design/PX.md section 3): BatchNorm is a per-channel linear map (``bn="eval"``:
+scale 1 in the data copy, ``(gamma/sqrt(var+eps))**2`` in the weight copy, shifts 0), chosen by
+module type; biases are 0; fixed linear maps with coefficient c (average pooling, ``mean``) contribute 1 in the data copy and
 c**2 in the weight copy; bilinear interpolation is left as it is (an approximation). ReLU6/hardtanh
 gates also close saturated paths, so there the path identity is approximate. Each copy carries exact
 power-of-two exponents per tensor (``pxprune.paths``), so no model overflows in float32.

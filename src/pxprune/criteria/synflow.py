@@ -126,7 +126,7 @@ class SynFlow(_PathFlow):
     saturation is ignored); max-pool keeps its max and average pooling is unchanged. Departure
     from Tanaka's code: it replaces *every* state entry by its absolute value, so biases enter as
     ``|b|`` and BN as ``|gamma|(x - |mean|)/sqrt(|var|+eps) + |beta|``; here paths carry no bias
-    (the same choice as PX, PX.md section 3), which keeps the path identity and the conservation
+    (the same choice as PX, docs/design/PX.md section 3), which keeps the path identity and the conservation
     law exact. Power-of-two scaling per tensor keeps ResNet-50/152 finite in float32.
 
     Data: none (the input shape comes from the first batch or ``input_size=(C, H, W)``).

@@ -9,7 +9,7 @@ from .synflow import _PathFlow
 
 # SynFlow-L2: weights theta**2, max-pool summed over its window (every position is a path), BN
 # scale and every other fixed coefficient squared, biases 0; on ReLU networks exactly PX's weight
-# copy (PX.md section 2). Other operations run as they are on the copy's values (SynFlow's rule).
+# copy (docs/design/PX.md section 2). Other operations run as they are on the copy's values (SynFlow's rule).
 SYNFLOW_L2_SPEC = CopySpec(activation="keep", maxpool="sum", bn="linear", bn_power=2,
                            coef_power=2, drop_bias=True, scaling="exp")
 
@@ -18,7 +18,7 @@ SYNFLOW_L2_SPEC = CopySpec(activation="keep", maxpool="sum", bn="linear", bn_pow
 class SynFlowL2(_PathFlow):
     """SynFlow-L2: the L2 path norm of Gebhart, Saxena, Schrater, "A Unified Paths Perspective for
     Pruning at Initialization", arXiv 2101.10552 (2021); here the data-free counterpart of PX
-    (Iurada, Ciccone, Tommasi, CVPR 2024, PX.md section 2).
+    (Iurada, Ciccone, Tommasi, CVPR 2024, docs/design/PX.md section 2).
 
     Score: ``S_j = theta_j**2 * dR2/d(theta_j**2) = sum_k sum_{p in P_k, p contains j} v_p**2``
     with ``R2 = sum_k z2[k]`` the output sum of PX's weight copy: prunable weights

@@ -2,7 +2,7 @@
 
 ``create_dataset("fashion-mnist", root="data", train=True)`` gives items
 ``(float32 tensor of get_spec(name).input_size, int label)``; ``pruning_split`` draws the N
-examples per class that data-dependent criteria score on (CONTRACTS.md sections 4 and 7).
+examples per class that data-dependent criteria score on (docs/design/CONTRACTS.md sections 4 and 7).
 """
 
 from pxprune.data import cifar, fashion_mnist, imagenet, tinyimagenet  # noqa: F401  (registers)

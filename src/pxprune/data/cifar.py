@@ -1,4 +1,4 @@
-"""CIFAR-10 and CIFAR-100 from the python-pickle release (paper-notes (e)).
+"""CIFAR-10 and CIFAR-100 from the python-pickle release (docs/design/PAPER.md section 1).
 
 We read ``cifar-10-batches-py/`` and ``cifar-100-python/`` ourselves: torchvision's classes check
 md5 sums, which tiny test files (and re-packed copies) fail. The unpickler only admits the numpy

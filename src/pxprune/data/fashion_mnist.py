@@ -1,4 +1,4 @@
-"""Fashion-MNIST (the default dataset), read with our own IDX reader (CONTRACTS.md section 7).
+"""Fashion-MNIST (the default dataset), read with our own IDX reader (docs/design/CONTRACTS.md section 7).
 
 Lookup: (1) ``<root>/FashionMNIST/raw/`` (torchvision's layout, decompressed or ``.gz``),
 (2) Debian's ``dataset-fashion-mnist`` files in ``DEBIAN_DIR``, (3) torchvision's download when

@@ -1,6 +1,6 @@
 """ImageNet (ILSVRC-2012) in the ImageFolder layout ``<root>/imagenet/{train,val}/<wnid>/*``.
 
-Train (paper-notes (e), MoCo-v2 style): RandomResizedCrop(224, scale (0.2, 1)),
+Train (docs/design/PAPER.md section 1, MoCo-v2 style): RandomResizedCrop(224, scale (0.2, 1)),
 RandomGrayscale(0.2), ColorJitter(0.4, 0.4, 0.4, 0.4), horizontal flip; test: Resize 256 +
 CenterCrop 224. ImageNet mean/std. The images cannot be downloaded automatically (licence).
 """

@@ -1,6 +1,6 @@
 """The pruning split (N examples per class, paper [I7]) and the fixed training subset.
 
-Seeds (CONTRACTS.md section 4): the pruning split draws from the ``split`` stream of ``seed``;
+Seeds (docs/design/CONTRACTS.md section 4): the pruning split draws from the ``split`` stream of ``seed``;
 the training subset draws from the *first child* of that stream,
 ``SeedSequence(seed).spawn(6)[1].spawn(1)[0]``, so the two never reuse the same random numbers.
 Callers draw the training subset with seed 0 for every run seed, then the pruning split from it.

@@ -4,7 +4,7 @@ Layout: ``wnids.txt``; ``train/<wnid>/images/*.JPEG``; ``val/images/*.JPEG`` wit
 ``val/val_annotations.txt`` (tab separated: file name, wnid, bounding box). ``train=False`` is the
 labelled val split (the official test split has no labels). Class indices follow the sorted wnids,
 as ImageFolder on ``train/`` would give. Train: RandomResizedCrop(64, scale (0.1, 1), ratio
-(0.8, 1.25)) + horizontal flip; test: no resize. Both are normalised (paper-notes (e)).
+(0.8, 1.25)) + horizontal flip; test: no resize. Both are normalised (docs/design/PAPER.md section 1).
 """
 
 from __future__ import annotations

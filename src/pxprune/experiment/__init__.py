@@ -1,5 +1,6 @@
 """Experiments: run configurations and recipes, single runs into run folders, the demo
-(CONTRACTS.md sections 5, 6 and 8). The CLI (``pxprune.cli``) is a thin layer over this package."""
+(docs/design/CONTRACTS.md sections 5, 6 and 8). The CLI (``pxprune.cli``) is a thin layer over
+this package."""
 
 from .config import (
     AMP_MODES,

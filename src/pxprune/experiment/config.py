@@ -1,4 +1,4 @@
-"""Run configuration: frozen dataclasses, recipes and their overrides (CONTRACTS.md section 6).
+"""Run configuration: frozen dataclasses, recipes and their overrides (docs/design/CONTRACTS.md section 6).
 
 Precedence: dataclass defaults < recipe YAML < ``--set key=value`` (in order; later ones win) <
 flags (``--criterion``, ``--sparsity``/``--density``, ``--rounds``, ``--seed``, ``--epochs``).

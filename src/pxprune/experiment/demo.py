@@ -1,4 +1,4 @@
-"""The demo (CONTRACTS.md section 8): PX, random pruning and the dense network, one recipe, one
+"""The demo (docs/design/CONTRACTS.md section 8): PX, random pruning and the dense network, one recipe, one
 seed, in ``<out>/{px,random,dense}/``; finished runs are reused. Criteria are looked up by name
 in the registry when the runs are planned, so an unregistered one is a :class:`UserError`."""
 

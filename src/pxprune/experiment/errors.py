@@ -1,4 +1,4 @@
-"""The one exception type for mistakes a user can fix (CONTRACTS.md section 6)."""
+"""The one exception type for mistakes a user can fix (docs/design/CONTRACTS.md section 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``pxprune ntk``: the empirical NTK of a run's network at initialisation (issue 5, item 3).
+"""``pxprune ntk``: the empirical NTK of a run's network at initialisation .
 
 The network is the one training starts from: theta_0 from ``init.pt`` (or the re-initialised
 weights of a ``+reinit`` run, or the rewind point of a lottery ticket), with ``mask.pt``; the

@@ -1,6 +1,6 @@
-"""The report of a sweep folder: tables of mean +- std over seeds, figures, NTK numbers (issue 5).
+"""The report of a sweep folder: tables of mean +- std over seeds, figures, NTK numbers.
 
-Reads only what the runs wrote (CONTRACTS.md section 5): ``metrics.json`` (test accuracy, pruning
+Reads only what the runs wrote (docs/design/CONTRACTS.md section 5): ``metrics.json`` (test accuracy, pruning
 time), ``mask.pt`` (overlap with the reference criterion's mask at the same seed and sparsity),
 ``layers.csv`` and ``prune_history.csv`` (per-layer density, the round a layer emptied) and
 ``ntk.json`` (``pxprune ntk``). The grid comes from ``sweep.json``; without one it is inferred
@@ -29,7 +29,7 @@ from .files import atomic_write_text, read_csv, read_json, write_csv
 from .folder import LAYERS, MASK, METRICS, PRUNE_HISTORY
 from .sources import DENSE
 from .spec import sparsity_label
-from .sweep import DEFAULT_CRITERIA, LOCK_DIR, SWEEP_FILE, read_sweep_file
+from .sweep import DEFAULT_CRITERIA, LOCK_DIR, SWEEP_FILE, grid_parts, read_sweep_file
 
 log = logging.getLogger("pxprune")
 
@@ -140,7 +140,8 @@ class SweepData:
     sparsities: list[str]
     seeds: list[int]
     records: dict[tuple[str, str, int], RunRecord]
-    grid: set[tuple[str, str]]
+    grid: dict[tuple[str, str], tuple[int, ...]]
+    """The planned cells and the seeds each expects."""
     from_file: bool
     task: Task = dataclasses.field(default_factory=lambda: get_task("classification"))
 
@@ -155,7 +156,7 @@ class SweepData:
         return self.task.primary_label[:1].upper() + self.task.primary_label[1:]
 
     def cell(self, criterion: str, sparsity: str) -> Cell:
-        expected = self.seeds if (criterion, sparsity) in self.grid else []
+        expected = list(self.grid.get((criterion, sparsity), ()))
         found = sorted((r for (c, s, _), r in self.records.items()
                         if c == criterion and s == sparsity), key=lambda r: r.seed)
         runs = [r for r in found if r.status == "finished"]
@@ -229,11 +230,17 @@ def collect(out: str | Path) -> SweepData:
                 records[key] = _read_record(*key, seed_dir, task.primary)
     found_criteria = sorted({c for c, _, _ in records if c != DENSE}, key=_order)
     found_sparsities = sorted({s for c, s, _ in records if c != DENSE}, key=float)
+    grid: dict[tuple[str, str], set[int]] = {}
     if spec is not None:
         criteria = [str(c) for c in spec["criteria"]]
         sparsities = sorted((sparsity_label(float(s)) for s in spec["sparsities"]), key=float)
         seeds = sorted(int(k) for k in spec["seeds"])
-        grid = {(c, s) for c in criteria for s in sparsities} | {(DENSE, "0")}
+        for part in grid_parts(spec):
+            part_seeds = {int(k) for k in part["seeds"]}
+            grid.setdefault((DENSE, "0"), set()).update(part_seeds)
+            for c in part["criteria"]:
+                for v in part["sparsities"]:
+                    grid.setdefault((str(c), sparsity_label(float(v))), set()).update(part_seeds)
         criteria += [c for c in found_criteria if c not in criteria]
         sparsities = sorted(set(sparsities) | set(found_sparsities), key=float)
     else:
@@ -242,9 +249,11 @@ def collect(out: str | Path) -> SweepData:
                             "(<criterion>/<sparsity>/seed<k>/); give a sweep folder")
         criteria, sparsities = found_criteria, found_sparsities
         seeds = sorted({k for _, _, k in records})
-        grid = {(c, s) for c in criteria for s in sparsities} | {(DENSE, "0")}
+        grid = {(c, s): set(seeds) for c in criteria for s in sparsities}
+        grid[(DENSE, "0")] = set(seeds)
     return SweepData(out=out, criteria=criteria, sparsities=sparsities, seeds=seeds,
-                     records=records, grid=grid, from_file=spec is not None, task=task)
+                     records=records, grid={k: tuple(sorted(v)) for k, v in grid.items()},
+                     from_file=spec is not None, task=task)
 
 
 def _task_of(out: Path, spec: Mapping[str, Any] | None) -> Task:
@@ -443,8 +452,7 @@ def missing_lines(data: SweepData, missing: list[RunRecord]) -> list[str]:
             absent.setdefault(r.sparsity, []).append(r)
     whole = set()
     for sparsity, records in absent.items():
-        if len(records) == len(data.seeds) * sum((c, sparsity) in data.grid
-                                                 for c in data.criteria):
+        if len(records) == sum(len(data.grid.get((c, sparsity), ())) for c in data.criteria):
             whole.add(sparsity)
     lines = [f"- sparsity {s}: not started (none of its {len(absent[s])} runs)"
              for s in data.sparsities if s in whole]
@@ -459,12 +467,16 @@ def missing_lines(data: SweepData, missing: list[RunRecord]) -> list[str]:
 
 
 def _grid_note(data: SweepData) -> str:
-    total = len(data.seeds) * (1 + sum(
-        (c, s) in data.grid for c in data.criteria for s in data.sparsities))
+    total = sum(len(seeds) for seeds in data.grid.values())
     source = SWEEP_FILE if data.from_file else "the run folders found (no sweep.json)"
-    return (f"Grid from {source}: {len(data.criteria)} criteria x {len(data.sparsities)} "
-            f"sparsities x {len(data.seeds)} seeds (seeds {', '.join(map(str, data.seeds))}) "
-            f"plus a dense run per seed: {total} runs.")
+    full = len(data.seeds) * (1 + len(data.criteria) * len(data.sparsities))
+    if total == full:
+        return (f"Grid from {source}: {len(data.criteria)} criteria x {len(data.sparsities)} "
+                f"sparsities x {len(data.seeds)} seeds (seeds {', '.join(map(str, data.seeds))}) "
+                f"plus a dense run per seed: {total} runs.")
+    return (f"Grid from {source}, built in parts (not every criterion at every sparsity): "
+            f"{len(data.criteria)} criteria, {len(data.sparsities)} sparsities, seeds "
+            f"{', '.join(map(str, data.seeds))}, a dense run per seed: {total} runs.")
 
 
 def summary(data: SweepData) -> str:

@@ -1,4 +1,4 @@
-"""Criterion specs and run-folder names (CONTRACTS.md section 6).
+"""Criterion specs and run-folder names (docs/design/CONTRACTS.md section 6).
 
 A spec is ``name``, ``name[key=value,...]`` (values are YAML scalars) or the folder form
 ``name--key=value--key=value``, optionally followed by ``+shuffled`` and/or ``+reinit``. Options

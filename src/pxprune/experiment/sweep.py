@@ -1,4 +1,5 @@
-"""Sweeps: a grid of ordinary run folders, re-enterable after a crash (CONTRACTS.md sections 5, 6).
+"""Sweeps: a grid of ordinary run folders, re-enterable after a crash
+(docs/design/CONTRACTS.md sections 5, 6).
 
 A sweep over criteria x sparsities x seeds writes ``<out>/<criterion label>/<sparsity>/seed<k>/``
 for every cell plus one dense run per seed (``<out>/dense/0/seed<k>/``), and ``<out>/sweep.json``
@@ -45,7 +46,7 @@ SWEEP_FORMAT = "pxprune.sweep"
 LOCK_DIR = ".locks"
 FAILURE_LOG = "sweep_failures.log"
 PAPER_SPARSITIES = (0.36, 0.5904, 0.7379, 0.8322, 0.8926, 0.9313, 0.956, 0.9719, 0.982)
-"""1 - 0.8 ** (2k), k = 1..9, rounded as in the paper (CONTRACTS.md section 6)."""
+"""1 - 0.8 ** (2k), k = 1..9, rounded as in the paper (docs/design/CONTRACTS.md section 6)."""
 DEFAULT_CRITERIA = ("px", "snip", "grasp", "synflow", "synflow_l2", "ntksap", "magnitude",
                     "random")
 DEFAULT_SEEDS = (0, 1, 2)
@@ -236,44 +237,103 @@ def read_sweep_file(out: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def _grid_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
-    def labels(values: Sequence[Any]) -> list[str]:
-        return sorted(sparsity_label(float(v)) for v in values)
+def _labels(values: Sequence[Any]) -> list[str]:
+    return sorted(sparsity_label(float(v)) for v in values)
 
-    for key, norm in (("criteria", sorted), ("sparsities", labels), ("seeds", sorted)):
+
+def grid_parts(data: Mapping[str, Any]) -> list[dict[str, list[Any]]]:
+    """The grids a sweep.json was built from: its ``parts`` (a sweep extended with ``--extend``
+    or merged by ``pxprune export``), or its one grid."""
+    parts = data.get("parts")
+    if isinstance(parts, list) and parts:
+        return [{k: list(p[k]) for k in ("criteria", "sparsities", "seeds")} for p in parts]
+    return [{k: list(data[k]) for k in ("criteria", "sparsities", "seeds")}]
+
+
+def _same_grid(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return (sorted(a["criteria"]) == sorted(b["criteria"])
+            and _labels(a["sparsities"]) == _labels(b["sparsities"])
+            and sorted(a["seeds"]) == sorted(b["seeds"]))
+
+
+def _grid_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    for key, norm in (("criteria", sorted), ("sparsities", _labels), ("seeds", sorted)):
         if norm(old.get(key, [])) != norm(new[key]):
             return f"{key} {old.get(key)} there, {new[key]} here"
+    return _base_difference(old, new)
+
+
+def _base_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     from .folder import _first_difference
 
-    diff = _first_difference(old.get("config"), new["config"], "config")
-    return diff
+    return _first_difference(old.get("config"), new["config"], "config")
 
 
-def check_sweep_file(sweep: Sweep) -> bool:
-    """Refuse a folder that holds another sweep, or files that are not a sweep; True when its
-    sweep.json already describes ``sweep`` (a re-entry)."""
+def merged_sweep_json(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``old`` with the grid of ``new`` added as a part (the base configurations must be equal:
+    a :class:`UserError` otherwise). The top-level lists become the unions, in order of first
+    appearance, so readers of one-grid files see every criterion, sparsity and seed."""
+    diff = _base_difference(old, new)
+    if diff:
+        raise UserError(f"the sweeps differ beyond their grids ({diff}); only sweeps of one base "
+                        "configuration can be merged")
+    parts = grid_parts(old)
+    for part in grid_parts(new):
+        if not any(_same_grid(part, p) for p in parts):
+            parts.append(part)
+    merged = dict(old)
+
+    def union(key: str, label: Any = lambda v: v) -> list[Any]:
+        seen: dict[Any, Any] = {}
+        for part in parts:
+            for v in part[key]:
+                seen.setdefault(label(v), v)
+        return list(seen.values())
+
+    merged["criteria"] = union("criteria")
+    merged["sparsities"] = sorted(union("sparsities", lambda v: sparsity_label(float(v))),
+                                  key=float, reverse=True)
+    merged["seeds"] = sorted(union("seeds"))
+    merged["parts"] = parts if len(parts) > 1 else []
+    if not merged["parts"]:
+        merged.pop("parts")
+    return merged
+
+
+def check_sweep_file(sweep: Sweep, *, extend: bool = False) -> dict[str, Any] | None:
+    """Refuse a folder that holds another sweep, or files that are not a sweep. Returns what
+    sweep.json must hold after this sweep (None: it already does, a re-entry). ``extend``: a
+    folder holding a sweep of the same base configuration takes this grid as one more part."""
     out = sweep.out
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     existing = read_sweep_file(out)
+    new = sweep.to_json()
     if existing is None:
         if out.is_dir() and any(p.name != LOCK_DIR for p in out.iterdir()):
             raise UserError(f"{out} is not empty and holds no {SWEEP_FILE}; choose another --out")
-        return False
-    diff = _grid_difference(existing, sweep.to_json())
+        return new
+    if any(_same_grid(part, new) for part in grid_parts(existing)) and not _base_difference(
+            existing, new):
+        return None
+    if extend:
+        return merged_sweep_json(existing, new)
+    diff = _grid_difference(existing, new)
     if diff:
-        raise UserError(f"{out} holds a different sweep ({diff}); choose another --out or run "
-                        "the sweep with the options in its sweep.json")
-    return True
+        raise UserError(f"{out} holds a different sweep ({diff}); choose another --out, run "
+                        "the sweep with the options in its sweep.json, or add --extend to add "
+                        "this grid to it")
+    return None
 
 
-def prepare(sweep: Sweep) -> list[tuple[SweepRun, Plan]]:
+def prepare(sweep: Sweep, *, extend: bool = False) -> list[tuple[SweepRun, Plan]]:
     """Check the folder and plan every run (nothing is built, read or written yet but
-    sweep.json, last). A run folder holding another run is a :class:`UserError`."""
-    again = check_sweep_file(sweep)
+    sweep.json, last). A run folder holding another run is a :class:`UserError`. ``extend``: see
+    :func:`check_sweep_file`."""
+    update = check_sweep_file(sweep, extend=extend)
     plans = [(run, plan(run.config, run.out)) for run in sweep.runs()]
-    if not again:
-        write_json(sweep.out / SWEEP_FILE, sweep.to_json())
+    if update is not None:
+        write_json(sweep.out / SWEEP_FILE, update)
     return plans
 
 

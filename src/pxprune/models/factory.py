@@ -1,8 +1,8 @@
 """The model registry, ``create_model`` and the one initialiser shared by every builder.
 
 Builders are looked up by name (timm/torchvision style). ``create_model`` seeds the build from the
-``init`` stream of CONTRACTS.md section 4 inside ``torch.random.fork_rng``, so one seed always gives
-the same theta_0 and the caller's global RNG is left as it was.
+``init`` stream of docs/design/CONTRACTS.md section 4 inside ``torch.random.fork_rng``, so one
+seed always gives the same theta_0 and the caller's global RNG is left as it was.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Loading pre-trained weights: torchvision's ImageNet checkpoints or a local ``state_dict`` file.
 
-The paper fine-tunes ImageNet-supervised ResNet-50 with a new classifier (paper-notes section (e)):
+The paper fine-tunes ImageNet-supervised ResNet-50 with a new classifier (docs/design/PAPER.md section 1):
 the backbone must match exactly, the classifier is kept freshly initialised when its shape differs
 or when the checkpoint has none.
 """

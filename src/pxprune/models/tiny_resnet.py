@@ -1,4 +1,4 @@
-"""Tiny-ImageNet ResNet-18 as used by the PX code (paper-notes section (e)).
+"""Tiny-ImageNet ResNet-18 as used by the PX code (docs/design/PAPER.md section 1).
 
 ResNet-18 (He et al. 2016) adapted to 64 px inputs: a stride-1 3x3 conv-64 stem without max-pool,
 BasicBlocks [2, 2, 2, 2] with 64/128/256/512 filters (stage 1 stride 1), 1x1 conv + BN shortcuts

@@ -1,5 +1,5 @@
 """Classification: cross-entropy, top-1 (and top-5 with more than 10 classes) accuracy as
-fractions, the pruning split of N examples per class (CONTRACTS.md section 7)."""
+fractions, the pruning split of N examples per class (docs/design/CONTRACTS.md section 7)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Training and evaluation of (masked) classifiers: SGD with a step or cosine schedule, mixed
-precision, and resumable checkpoints (CONTRACTS.md sections 5 and 6)."""
+precision, and resumable checkpoints (docs/design/CONTRACTS.md sections 5 and 6)."""
 
 from .checkpoint import (
     global_rng_state,

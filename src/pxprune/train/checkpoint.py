@@ -1,4 +1,5 @@
-"""Checkpoints: plain (baked) state dicts, RNG states, atomic ``last.pt`` (CONTRACTS.md section 5).
+"""Checkpoints: plain (baked) state dicts, RNG states, atomic ``last.pt``
+(docs/design/CONTRACTS.md section 5).
 
 A masked model carries ``<module>.parametrizations.weight.original`` and the mask buffer; a
 checkpoint stores the plain names of the unwrapped model instead (``<module>.weight``, exact zeros

@@ -4,9 +4,9 @@ mixed precision. The task gives the loss and the metrics; nothing here assumes a
 Masks are applied before the optimizer is built (``mask.apply(model)``, a parametrization
 ``weight * mask``): the gradient of a pruned weight is exactly 0 and the weight itself is 0, so
 momentum and weight decay never move it. Data order and augmentation come from one
-``torch.Generator`` (the run's ``data`` stream, CONTRACTS.md section 4): the sampler draws from it,
-and each epoch runs under ``torch.random.fork_rng`` seeded from it, so augmentations (and dropout)
-are reproducible without touching the caller's global RNG state.
+``torch.Generator`` (the run's ``data`` stream, docs/design/CONTRACTS.md section 4): the sampler
+draws from it, and each epoch runs under ``torch.random.fork_rng`` seeded from it, so
+augmentations (and dropout) are reproducible without touching the caller's global RNG state.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``Trainer``: one network, its optimizer, schedule, scaler and data order, epoch by epoch,
-with a complete, resumable state (CONTRACTS.md section 5: ``last.pt``)."""
+with a complete, resumable state (docs/design/CONTRACTS.md section 5: ``last.pt``)."""
 
 from __future__ import annotations
 
