@@ -17,10 +17,12 @@ its share of the path bound on the NTK trace (``sum_j dR/d(theta_j**2)`` is the 
 
 Choices (docs/design/PX.md section 3): BatchNorm is a per-channel linear map (``bn="eval"``:
 scale 1 in the data copy, ``(gamma/sqrt(var+eps))**2`` in the weight copy, shifts 0), chosen by
-module type; biases are 0; fixed linear maps with coefficient c (average pooling, ``mean``) contribute 1 in the data copy and
-c**2 in the weight copy; bilinear interpolation is left as it is (an approximation). ReLU6/hardtanh
-gates also close saturated paths, so there the path identity is approximate. Each copy carries exact
-power-of-two exponents per tensor (``pxprune.paths``), so no model overflows in float32.
+module type; biases are 0; fixed linear maps with coefficient c (average pooling, ``mean``)
+contribute 1 in the data copy and c**2 in the weight copy; bilinear interpolation is left as it is
+(an approximation). ReLU6/hardtanh gates also close saturated paths, so there the path identity is
+approximate. Beyond ReLU nets (GELU, SE gates, norms, attention) PX scores the linearisation of the
+real network around the split (docs/design/PX.md section 5). Each copy carries exact power-of-two
+exponents per tensor (``pxprune.paths``), so no model overflows in float32.
 
 What the default implies, and the docs must say: with ``classifier="path"`` the classifier's data-copy
 weights are all ones in the first round, so every output k receives the same z1 and the first-round
