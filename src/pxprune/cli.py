@@ -458,10 +458,17 @@ def cmd_ntk(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "criteria":
         from .api import list_criteria
+        from .criteria import CRITERIA
         from .experiment import SOURCES
+        from .selection import KINDS
 
         for name in list_criteria():
-            print(name)
+            crit = CRITERIA.get(name)
+            data = ("split + targets" if crit.needs_targets else "split") if crit.uses_data \
+                else "none"
+            kinds = ", ".join(k for k in KINDS if k in crit.kinds)
+            rounds = f"{crit.default_rounds} round{'s' if crit.default_rounds != 1 else ''}"
+            print(f"{name}  (data: {data}; {rounds}; weights: {kinds})")
         for name in SOURCES.names():
             if SOURCES.get(name).summary:
                 print(f"{name}  ({SOURCES.get(name).summary})")
