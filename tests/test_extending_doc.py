@@ -82,10 +82,10 @@ def registered(work: Path):
         with mock.patch.object(Registry, "add", record):
             for i, source in enumerate(sources, start=1):
                 exec(compile(source, f"{DOC.name} python block {i}", "exec"), module.__dict__)
-        with contextlib.ExitStack() as stack:
-            for registry, name, obj in recorded:
-                stack.enter_context(registry.scoped(name, obj))
-            yield module.__dict__, recorded
+    with contextlib.ExitStack() as stack:
+        for registry, name, obj in recorded:
+            stack.enter_context(registry.scoped(name, obj))
+        yield module.__dict__, recorded
 
 
 @pytest.fixture(scope="module")

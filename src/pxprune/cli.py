@@ -641,7 +641,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     _setup_logging(args.quiet)
     from .experiment import UserError
+    from .plugins import PluginError, load_plugins
 
+    try:
+        load_plugins()
+    except PluginError as err:
+        return _fail(str(err))
     try:
         return args.func(args)
     except UserError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -15,8 +16,12 @@ class Registry(Generic[T]):
     ``register`` is a decorator; ``get`` raises ``ValueError`` naming the valid choices.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, pattern: str | None = None, rule: str = "") -> None:
+        """``pattern``: a regular expression every name must match in full (``rule`` says it in
+        words), for names that end up in folder names and command-line specs."""
         self.kind = kind
+        self._pattern = re.compile(pattern) if pattern else None
+        self._rule = rule
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -27,8 +32,10 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, obj: T) -> None:
-        if not name or name != name.strip():
+        if not isinstance(name, str) or not name or name != name.strip():
             raise ValueError(f"invalid {self.kind} name {name!r}")
+        if self._pattern is not None and not self._pattern.fullmatch(name):
+            raise ValueError(f"invalid {self.kind} name {name!r}: {self._rule}")
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._items[name] = obj

@@ -130,7 +130,9 @@ class Criterion:
         return None
 
 
-CRITERIA: Registry[type[Criterion]] = Registry("criterion")
+CRITERIA: Registry[type[Criterion]] = Registry(
+    "criterion", pattern=r"[a-z][a-z0-9_]*",
+    rule="lower-case letters, digits and _ (it becomes part of run folder names and specs)")
 
 
 def register_criterion(cls: type[Criterion]) -> type[Criterion]:

@@ -65,7 +65,9 @@ class DatasetEntry:
     builder: Builder
 
 
-DATASETS: Registry[DatasetEntry] = Registry("dataset")
+DATASETS: Registry[DatasetEntry] = Registry(
+    "dataset", pattern=r"(?!.*--)[A-Za-z0-9][A-Za-z0-9_.-]*",
+    rule="letters, digits, _, . and - (not --: it separates names from options in folder names)")
 
 
 def register_dataset(spec: DatasetSpec) -> Callable[[Builder], Builder]:

@@ -104,7 +104,9 @@ class MaskSource:
         """Files a source keeps beside the mask (the lottery's rewind point)."""
 
 
-SOURCES: Registry[MaskSource] = Registry("mask source")
+SOURCES: Registry[MaskSource] = Registry(
+    "mask source", pattern=r"[a-z][a-z0-9_]*",
+    rule="lower-case letters, digits and _ (it is given as --criterion NAME)")
 
 
 def register_source(cls: type[MaskSource]) -> type[MaskSource]:
@@ -114,7 +116,10 @@ def register_source(cls: type[MaskSource]) -> type[MaskSource]:
 
 def source_for(criterion: str) -> MaskSource:
     """The source of ``--criterion NAME``: a registered source, else a registered criterion."""
-    if criterion in SOURCES:
+    if criterion in SOURCES and criterion in CRITERIA:
+        raise UserError(f"{criterion!r} is registered both as a criterion and as a mask source; "
+                        "rename one of them")
+    if criterion in SOURCES and criterion != FromFile.name:
         return SOURCES.get(criterion)
     if criterion in CRITERIA:
         return Pruned(criterion)

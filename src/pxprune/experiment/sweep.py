@@ -497,6 +497,9 @@ def _worker_main(tasks: Any, results: Any, threads: int, device: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
+    from ..plugins import load_plugins
+
+    load_plugins()  # a spawned worker starts without the parent's registrations
     torch.set_num_threads(threads)
     while True:
         item = tasks.get()

@@ -51,7 +51,9 @@ class _Entry:
 
 B = TypeVar("B", bound=Callable[..., nn.Module])
 
-_MODELS: Registry[_Entry] = Registry("model")
+_MODELS: Registry[_Entry] = Registry(
+    "model", pattern=r"(?!.*--)[A-Za-z0-9][A-Za-z0-9_.-]*",
+    rule="letters, digits, _, . and - (not --: it separates names from options in folder names)")
 
 
 def register_model(name: str, *, input_size: Sequence[int], family: str,

@@ -95,7 +95,8 @@ class Task:
         raise NotImplementedError
 
 
-TASKS: Registry[Task] = Registry("task")
+TASKS: Registry[Task] = Registry("task", pattern=r"[a-z][a-z0-9_]*",
+                                 rule="lower-case letters, digits and _")
 
 
 def register_task(cls: type[Task]) -> type[Task]:
