@@ -15,6 +15,7 @@ from pxprune.data.base import (
     dataset_options,
     get_spec,
     list_datasets,
+    register_dataset,
     targets_of,
 )
 from pxprune.data.fake import FAKE_WRITERS, FakeImageDataset
@@ -33,6 +34,7 @@ __all__ = [
     "get_spec",
     "list_datasets",
     "pruning_split",
+    "register_dataset",
     "read_idx",
     "split_hash",
     "targets_of",

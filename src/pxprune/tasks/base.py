@@ -89,6 +89,8 @@ class Task:
         raise NotImplementedError
 
     def eval_compute(self, meter: Meter) -> dict[str, float | None]:
+        """The evaluation's values under this task's ``metric_columns`` names, plus ``"samples"``
+        (how many examples were evaluated; the trainer pops it)."""
         raise NotImplementedError
 
     def pruning_split(self, dataset: Dataset, per_class: int, seed: int) -> Subset:
