@@ -176,12 +176,15 @@ def _run_or_prune(args: argparse.Namespace, mode: str) -> int:
     from .experiment.run import resolve_device
 
     config = resolve_config(args.recipe, _sets(args), _flags(args))
-    if mode == "prune" and config.prune.criterion == "lottery":
+    from .experiment.sources import source_for
+
+    if mode == "prune" and source_for(config.prune.criterion).trains:
         from .experiment import UserError
 
+        name = config.prune.criterion
         raise UserError(
-            "`pxprune prune` prunes without training, but lottery tickets are found by training: "
-            "use `pxprune run --criterion lottery ...` (same options)"
+            f"`pxprune prune` prunes without training, but {name} masks are found by training: "
+            f"use `pxprune run --criterion {name} ...` (same options)"
         )
     device = resolve_device(args.device)
     p = plan(config, args.out, mode=mode)
