@@ -26,7 +26,7 @@ class _ConstOptions:
 class _Const(Criterion):
     """Test criterion: every kept weight scores the same (all ties)."""
 
-    name = "_test_const"
+    name = "test_const"
     Options = _ConstOptions
     default_rounds = 3
 
@@ -72,7 +72,7 @@ def test_counting_at_every_round_and_ties_in_order(const_criterion):
     seen = []
     mask = pxprune.prune(
         model,
-        "_test_const",
+        "test_const",
         [torch.randn(2, 1, 4, 4)],
         sparsity=0.7,
         rounds=3,
@@ -265,5 +265,5 @@ def test_criterion_without_options_rejects_any(const_criterion):
     class _O(NoOptions):
         pass
 
-    with pytest.raises(TypeError, match="_test_const.*options are: value"):
-        pxprune.score(TinyCNN(), "_test_const", [torch.randn(1, 1, 4, 4)], bogus=1)
+    with pytest.raises(TypeError, match="test_const.*options are: value"):
+        pxprune.score(TinyCNN(), "test_const", [torch.randn(1, 1, 4, 4)], bogus=1)
