@@ -106,6 +106,69 @@ def test_layernorm_gelu_mlp_follows_the_linearisation_rule():
     _close(got, want)
 
 
+# ----------------------------------------------------------------------------- GroupNorm, InstanceNorm
+class NormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.gn = nn.GroupNorm(2, 4)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.inorm = nn.InstanceNorm2d(4, affine=True)
+        self.fc = nn.Linear(4, 3, bias=False)
+        with torch.no_grad():
+            for norm in (self.gn, self.inorm):
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        h = torch.relu(self.gn(self.c1(x)))
+        h = torch.relu(self.inorm(self.c2(h)))
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def test_px_groupnorm_and_instancenorm_follow_the_linearisation_rule():
+    """docs/design/PX.md section 5: data copy ``x / sigma**2`` with each sample's real statistics
+    (per group, per channel), weight copy ``gamma**2``; centring and beta only set the gates."""
+    model = NormNet().double()
+    x = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    mask = _masks(model)
+    m = {n: mask[n].double() for n in mask}
+    w = {n: p.detach() for n, p in prunable_parameters(model).items()}
+    g1, b1, g2, b2 = (t.detach() for t in (model.gn.weight, model.gn.bias, model.inorm.weight,
+                                           model.inorm.bias))
+    eps = 1e-5
+    # the real network with the mask: per-sample statistics and ReLU gates
+    a1 = F.conv2d(x, w["c1.weight"] * m["c1.weight"], padding=1)
+    groups = a1.reshape(5, 2, 2, 6, 6)  # (sample, group, channel in group, H, W)
+    mu = groups.mean((2, 3, 4), keepdim=True)
+    inv1 = 1 / torch.sqrt(groups.var((2, 3, 4), unbiased=False, keepdim=True) + eps)
+    n1 = ((groups - mu) * inv1).reshape(5, 4, 6, 6) * g1.view(1, 4, 1, 1) + b1.view(1, 4, 1, 1)
+    inv1 = inv1.expand(5, 2, 2, 1, 1).reshape(5, 4, 1, 1)
+    a2 = F.conv2d(torch.relu(n1), w["c2.weight"] * m["c2.weight"], padding=1)
+    inv2 = 1 / torch.sqrt(a2.var((2, 3), unbiased=False, keepdim=True) + eps)
+    n2 = (a2 - a2.mean((2, 3), keepdim=True)) * inv2 * g2.view(1, 4, 1, 1) + b2.view(1, 4, 1, 1)
+
+    def z1():  # data copy: masks as weights, x^2, 1/sigma^2 per sample, gates
+        d = F.conv2d(x * x, m["c1.weight"], padding=1) * inv1**2 * (n1 > 0)
+        d = F.conv2d(d, m["c2.weight"], padding=1) * inv2**2 * (n2 > 0)
+        d = d.sum((2, 3))  # average pooling: coefficient 1 in the data copy
+        return (d @ m["fc.weight"].t()).sum(0)
+
+    leaves = {n: (w[n] ** 2 * m[n]).requires_grad_(True) for n in w}
+
+    def z2():  # weight copy: theta^2, each normalisation its gamma^2, activations the identity
+        o = F.conv2d(torch.ones(1, 3, 6, 6, dtype=torch.float64), leaves["c1.weight"], padding=1)
+        o = o * (g1**2).view(1, 4, 1, 1)
+        o = F.conv2d(o, leaves["c2.weight"], padding=1) * (g2**2).view(1, 4, 1, 1)
+        o = o.sum((2, 3)) / 36.0**2  # average pooling: coefficient (1/36)^2
+        return (o @ leaves["fc.weight"].t())[0]
+
+    want = _px_reference(z1, z2, leaves)
+    got = pxprune.score(model, "px", [x], mask=mask, dtype="float64")
+    _close(got, want)
+
+
 # ----------------------------------------------------------------------------- squeeze-excitation
 class SENet(nn.Module):
     def __init__(self, seed: int = 0) -> None:
@@ -212,6 +275,45 @@ def test_synflow_l2_on_a_layernorm_mlp_equals_the_textbook():
     _close(got, want, tol=1e-5)
 
 
+def _deep_gelu_mlp(depth: int, std: float = 1.0) -> nn.Sequential:
+    """Bias-free Linear(64, 64) + GELU, ``depth`` times, N(0, std**2) weights: SynFlow's copy grows
+    by about 2**5.7 * std per layer (2**170 at depth 30, beyond float32)."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        lin = nn.Linear(64, 64, bias=False)
+        nn.init.normal_(lin.weight, std=std)
+        layers += [lin, nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("criterion,power", [("synflow", 1), ("synflow_l2", 2)])
+def test_synflow_on_a_deep_gelu_mlp_beyond_float32_equals_the_textbook(criterion, power):
+    """GELU is evaluated on the true values of the copy (in float64 where float32 cannot hold
+    them) and its output is renormalised, so the linear map after it cannot overflow."""
+    model = _deep_gelu_mlp(30)
+    mask = _masks(model, keep=0.9, seed=6)
+    want = _textbook_synflow(model, (64,), mask, power)
+    assert all(torch.isfinite(w).all() for w in want.values())
+    got = pxprune.score(model, criterion, input_size=(64,), mask=mask)
+    _close(got, want, tol=1e-5)
+
+
+@pytest.mark.parametrize("criterion", ["synflow", "synflow_l2"])
+def test_true_values_beyond_float64_are_a_clear_refusal(criterion):
+    """Where even float64 cannot hold what GELU must see: one clear error (a ValueError, so the
+    command line reports it as a user error) that names the operation and a fix that exists:
+    SynFlow has no dtype option, and excluding layers does not change the copy."""
+    from pxprune.paths.scale import PathOverflowError
+
+    model = _deep_gelu_mlp(40, std=2.0**20)
+    match = rf"{criterion}: gelu .*overflow float64.*not path-based"
+    with pytest.raises(PathOverflowError, match=match) as err:
+        pxprune.score(model, criterion, input_size=(64,))
+    assert isinstance(err.value, ValueError) and isinstance(err.value, FloatingPointError)
+    assert "dtype" not in str(err.value) and "please report" not in str(err.value)
+
+
 # ----------------------------------------------------------------------------- attention
 class Attn(nn.Module):
     def __init__(self, e: int = 6) -> None:
@@ -259,6 +361,23 @@ def test_px_attention_probabilities_are_a_coefficient():
     assert float(got["q.weight"].abs().max()) == 0 and float(got["k.weight"].abs().max()) == 0
 
 
+@pytest.mark.parametrize("criterion,power", [("synflow", 1), ("synflow_l2", 2)])
+def test_synflow_on_attention_equals_the_textbook(criterion, power):
+    """SynFlow's rule (criteria/synflow.py): weights |theta| (SynFlow) or theta**2 (SynFlow-L2)
+    times the mask, the real attention on the copy's values, one all-ones sample, S = u dR/du.
+    SynFlow-L2 squares the coefficient 1/5 of the token mean; the mean feeds only the head, so
+    that is one global factor, which the normalised scores do not show."""
+    model = Attn()
+    mask = _masks(model, keep=0.8, seed=7)
+    want = _textbook_synflow(model, (5, 6), mask, power)
+    got = pxprune.score(model, criterion, [torch.randn(2, 5, 6)], mask=mask)
+    _close(got, want, tol=1e-5)
+    # on one all-ones sample every token is the same, so the attention is uniform whatever the
+    # queries and keys: they score 0 here too (docs/design/PX.md section 5)
+    assert float(got["q.weight"].abs().max()) <= 1e-6 and float(got["k.weight"].abs().max()) <= 1e-6
+    assert float(got["v.weight"].abs().max()) > 0
+
+
 class MHABlock(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -280,7 +399,8 @@ def test_every_criterion_on_the_small_modern_models(name):
     """The contract on the models built here: finite scores of the right shapes, the model left
     bit-identical; a prune is a valid mask or one clear error (never a silent degenerate mask)."""
     cases = [(LNMLP(), torch.randn(6, 6)), (SENet(), torch.randn(4, 3, 6, 6)),
-             (Attn(), torch.randn(4, 5, 6)), (MHABlock(), torch.randn(4, 5, 8))]
+             (Attn(), torch.randn(4, 5, 6)), (MHABlock(), torch.randn(4, 5, 8)),
+             (ZeroHead(), torch.randn(6, 6))]
     for model, x in cases:
         y = torch.randint(0, 3, (x.shape[0],))
         snap = snapshot(model)
@@ -292,8 +412,12 @@ def test_every_criterion_on_the_small_modern_models(name):
             mask = pxprune.prune(model, name, [(x, y)], sparsity=0.5, rounds=2)
         except DegenerateScoresError as err:
             assert "exclude" in str(err) or "re-initialise" in str(err)
+            if isinstance(model, ZeroHead):  # the zero-initialised head is the reason given
+                assert err.zero_initialised == ["head.weight"], str(err)
         else:
             assert mask.kept == mask.total - math.floor(0.5 * mask.total)
+            # only the weight-agnostic criteria do not see the zero head (test below)
+            assert not isinstance(model, ZeroHead) or name in WEIGHT_AGNOSTIC, name
         assert_unchanged(model, snap)
 
 
@@ -311,19 +435,72 @@ class ZeroHead(nn.Module):
         return self.head(torch.relu(self.body(x)))
 
 
-@pytest.mark.parametrize("name", ["px", "snip", "synflow", "synflow_l2", "magnitude"])
+# criteria whose scores do not depend on the model's weights: a zero-initialised layer is no
+# defect for them
+WEIGHT_AGNOSTIC = ("ntksap", "random")
+
+
+@pytest.mark.parametrize("name", [n for n in pxprune.list_criteria()
+                                  if not n.startswith("_") and n not in WEIGHT_AGNOSTIC])
 def test_a_zero_initialised_head_is_an_error_naming_it(name):
     x, y = torch.randn(6, 6), torch.randint(0, 3, (6,))
     with pytest.raises(DegenerateScoresError, match=r"head\.weight.*zero-initialised.*re-initialise"):
         pxprune.prune(ZeroHead(), name, [(x, y)], sparsity=0.5, rounds=2)
 
 
-def test_degenerate_scores_are_exit_2_from_the_command_line(tmp_path):
-    from pxprune.experiment import UserError
-    from pxprune.experiment.run import execute, plan  # noqa: F401
+@pytest.mark.parametrize("name", WEIGHT_AGNOSTIC)
+def test_weight_agnostic_criteria_prune_a_zero_initialised_head_like_any_layer(name):
+    """NTK-SAP scores fresh Kaiming-normal weights of the architecture (its paper's "new input,
+    new weight"), ``random`` draws its scores: neither reads the model's weights, so the zero
+    head is no defect for them. Both score every kept weight of both layers and prune exactly."""
+    x, y = torch.randn(6, 6), torch.randint(0, 3, (6,))
+    scores = pxprune.score(ZeroHead(), name, [(x, y)])
+    assert all(bool((s > 0).all()) for s in scores.values()), name
+    mask = pxprune.prune(ZeroHead(), name, [(x, y)], sparsity=0.5, rounds=2)
+    assert mask.kept == mask.total - math.floor(0.5 * mask.total)
+    assert 0 < int(mask["head.weight"].sum()) < mask["head.weight"].numel()
 
-    assert issubclass(DegenerateScoresError, ValueError)
-    assert UserError  # the run pipeline turns a ValueError of prune into a UserError (exit 2)
+
+def test_all_zero_scores_in_a_later_round_are_an_error_naming_the_emptied_layer():
+    """Round 1 is fine; it prunes all of the 8-weight layer (its SynFlow scores, 2 each, are below
+    the 2-weight layer's 8), which cuts every path: round 2's scores are all 0 (layer collapse)."""
+    model = nn.Sequential(nn.Linear(8, 1, bias=False), nn.Linear(1, 2, bias=False))
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.fill_(1.0)
+    seen = []
+    with pytest.raises(DegenerateScoresError, match=r"earlier round pruned all of 0\.weight.*rounds=") as err:
+        pxprune.prune(model, "synflow", input_size=(8,), sparsity=0.96, rounds=2,
+                      progress=lambda t, total, mask: seen.append(t))
+    assert seen == [1] and err.value.layers == ["0.weight"]
+
+
+def _zero_head_builder(*, num_classes: int, input_size) -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(input_size[0], 4, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+    nn.init.zeros_(model[-1].weight)
+    return model
+
+
+def test_degenerate_scores_are_exit_2_from_the_command_line(fmnist, tmp_path, capsys):
+    """A registered model (registered only for this test, as tests/test_extending_doc.py does)
+    with a zero-initialised classifier: `pxprune prune` ends with one line, exit status 2."""
+    from unittest import mock
+
+    from conftest import assert_user_error, cli
+    from pxprune.models import register_model
+    from pxprune.registry import Registry
+
+    made = []
+    with mock.patch.object(Registry, "add", lambda self, name, obj: made.append((self, name, obj))):
+        register_model("zero_head_test", input_size=(1, 28, 28), family="test")(_zero_head_builder)
+    ((registry, name, entry),) = made
+    with registry.scoped(name, entry):
+        code, _, err = cli(capsys, "prune", "--set", f"data.root={fmnist}", "data.train_subset=null",
+                           "data.per_class=1", "model.name=zero_head_test", "--rounds", "2",
+                           "--out", tmp_path / "run", "--quiet")
+    assert name not in registry
+    assert_user_error(code, err, "4.weight", "zero-initialised", "model.get_submodule('4').weight")
 
 
 # ----------------------------------------------------------------------------- reachability

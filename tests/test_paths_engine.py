@@ -9,6 +9,8 @@ operation that wrongly sees mantissas shows.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -81,6 +83,47 @@ def _check(model: nn.Module, x: torch.Tensor, lazy: bool) -> None:
 @pytest.mark.parametrize("lazy", [False, True])
 def test_kept_copy_equals_the_network_on_odd_operations(lazy):
     _check(OddOps(), torch.randn(2, 3, 6, 6) * 2.0**40, lazy)
+
+
+class BeyondFloat32(nn.Module):
+    """Linear maps whose true values leave float32's range (about 2**190), then an operation that
+    needs true values, then another linear map (which must not overflow)."""
+
+    def __init__(self, op) -> None:  # noqa: ANN001
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(*[nn.Linear(8, 8, bias=False) for _ in range(6)])
+        for layer in self.trunk:
+            nn.init.normal_(layer.weight, std=2.0**30)
+        self.head = nn.Linear(8, 4, bias=False)
+        self.op = op
+
+    def forward(self, x):
+        return self.head(self.op(self.trunk(x)))
+
+
+TRUE_VALUE_OPS = {
+    "gelu": F.gelu,
+    "silu_inplace": lambda h: F.silu(h.clone(), inplace=True),
+    "softplus": F.softplus,
+    "where": lambda h: torch.where(h > 0, h, 0.5 * h),
+    "tanh_": lambda h: h.clone().tanh_() * h.abs(),  # an in-place operation on true values
+}
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+@pytest.mark.parametrize("op", TRUE_VALUE_OPS.values(), ids=list(TRUE_VALUE_OPS))
+def test_true_values_beyond_float32_are_taken_in_float64_and_renormalised(op, lazy):
+    model = BeyondFloat32(op).eval()
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = copy.deepcopy(model).double()(x.double())
+        with PathMode(CopySpec(scaling="exp", lazy=lazy)) as mode:
+            out = model(mode.track(x))
+            e = mode.exponent(out)
+    assert torch.isfinite(want).all() and out.dtype == torch.float32
+    got = out.double() * 2.0**e
+    assert float((got - want).abs().max()) <= 1e-4 * float(want.abs().max()), e
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -4,7 +4,8 @@ A global threshold removes the lowest scores first and breaks ties by parameter 
 whose scores are zero in a whole layer (or everywhere) would empty that layer (or the earliest
 layers) for no reason a criterion saw. The first round, on the dense (or given) mask, is where this
 means a defect of the setting rather than a layer that earlier rounds cut off; later rounds only
-check that not every score is zero. The message names the layers and the fix.
+check that not every score is zero (there, a layer that earlier rounds emptied is named: layer
+collapse). The message names the layers and the fix.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ def _zero_weights(ctx) -> list[str]:  # noqa: ANN001
 def _listed(names: list[str], most: int = 5) -> str:
     shown = ", ".join(names[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _attribute(name: str) -> str:
+    """Python that reaches parameter ``name`` of ``model`` (``model.4.weight`` is no Python)."""
+    path, _, leaf = name.rpartition(".")
+    if not path or all(part.isidentifier() for part in path.split(".")):
+        return f"model.{name}"
+    return f"model.get_submodule({path!r}).{leaf}"
 
 
 def _warn_partial(criterion: str, crit, ctx, scores, mask) -> None:  # noqa: ANN001
@@ -85,6 +94,15 @@ def check_scores(
         if first:
             _warn_partial(criterion, crit, ctx, scores, mask)
         return
+    emptied = [n for n in scores if mask[n].numel() and not bool(mask[n].any())]
+    if everywhere and not first and emptied:
+        raise DegenerateScoresError(
+            f"{criterion}: every score is 0 because an earlier round pruned all of "
+            f"{_listed(emptied)}, which cuts every path (layer collapse): prune in more rounds "
+            f"(rounds=) or to a lower sparsity, or exclude {'them' if len(emptied) > 1 else 'it'} "
+            f"(exclude={emptied[:5]!r})",
+            layers=emptied,
+        )
     dead = _zero_weights(ctx)
     what = "every score" if everywhere else f"every score of {_listed(zero)}"
     if dead:
@@ -92,7 +110,7 @@ def check_scores(
             f"{criterion}: {what} is 0 because {_listed(dead)} "
             f"{'is' if len(dead) == 1 else 'are'} zero-initialised (every weight 0), which cuts "
             "every path and gradient through it: re-initialise it before pruning, e.g. "
-            f"torch.nn.init.normal_(model.{dead[0].rsplit('.', 1)[0]}.weight, std=0.01)",
+            f"torch.nn.init.normal_({_attribute(dead[0])}, std=0.01)",
             layers=zero, zero_initialised=dead,
         )
     reason = crit.explain_zero(ctx, zero) if hasattr(crit, "explain_zero") else None

@@ -157,31 +157,69 @@ def homogeneous_outside(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
 
 
 def true_values(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
-    """An operation that is not homogeneous: it sees the values the copy stands for."""
+    """An operation that is not homogeneous: it sees the values the copy stands for (in float64
+    where they leave the range of the copy's dtype), and its output is renormalised (a proper
+    exponent, as after a growing operation), so that a linear map after it cannot overflow."""
     if not mode.scale.active or _first_tracked(mode, args, kwargs) is None:
         return func(*args, **kwargs)
     name = _name(func)
     if mode.warn is not None and not mode.scale.binary:
         mode.warn(mode.outside_name(func))
+    criterion = getattr(mode.warn, "criterion", None)
+    what = f"{criterion}: {name or 'an operation'}" if criterion else (name or "an operation")
+    scale = mode.scale
+    if scale.binary:
+        return _binary_true_values(mode, func, name, args, kwargs)
+    tracked = [t for t in _floats(args, kwargs) if scale.tracked(t)]
+    wide = torch.float64 if any(scale.wide(t) for t in tracked) else None
+    dtype = tracked[0].dtype if tracked else None  # the mantissas go back to the copy's dtype
 
     def real(t: Any) -> Any:
-        if isinstance(t, torch.Tensor) and mode.scale.tracked(t):
-            return mode.scale.true_value(t, name or "an operation")
+        if not isinstance(t, torch.Tensor):
+            return t
+        if scale.tracked(t):
+            return scale.true_value(t, what, dtype=wide if t.is_floating_point() else None)
+        return t.to(wide) if wide is not None and t.is_floating_point() else t
+
+    def renormalised(t: Any) -> Any:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return scale.from_true(t, dtype if wide is not None and dtype is not None else t.dtype)
         return t
 
     if is_inplace(name) and args and isinstance(args[0], torch.Tensor):
         x = args[0]
         if x in mode.shared:
             return out_of_place(mode, func, args, kwargs)
-        if mode.scale.tracked(x):  # in place: the tensor itself becomes its true value
+        base = getattr(torch.Tensor, name[3:-2] if name.startswith("__i") else name[:-1], None)
+        if wide is not None and scale.tracked(x) and base is not None:
+            # the true values do not fit x's dtype: compute out of place, put the mantissa in x
+            rest, kw = tree_map(real, (args[1:], kwargs))
+            y = scale.from_true(base(real(x), *rest, **kw), x.dtype)
+            x.copy_(y)
+            return scale.register(x, scale.exponent(y), scale.bound(y))
+        if scale.tracked(x):  # in place: the tensor itself becomes its true value
+            e = scale.exponent(x)
             real(x)  # the overflow check
-            if mode.scale.exponent(x):
-                ldexp(x, mode.scale.exponent(x), inplace=True)
-            mode.scale.register(x, 0, None)
+            if e:
+                ldexp(x, e, inplace=True)
+            scale.register(x, 0, None)
         args = (x, *tree_map(real, args[1:]))
         kwargs = tree_map(real, kwargs)
-    else:
-        args, kwargs = _map(real, args, kwargs)
+        # x keeps its true value (exponent 0); what the operation returns is renormalised (a
+        # rescale of x in place could change a value autograd saved)
+        return tree_map(renormalised, func(*args, **kwargs))
+    args, kwargs = _map(real, args, kwargs)
+    return tree_map(renormalised, func(*args, **kwargs))
+
+
+def _binary_true_values(mode, func, name: str, args: tuple, kwargs: dict):  # noqa: ANN001
+    """Reachability: the operation on the {0, 1} values themselves."""
+    if is_inplace(name) and args and isinstance(args[0], torch.Tensor):
+        x = args[0]
+        if x in mode.shared:
+            return out_of_place(mode, func, args, kwargs)
+        if mode.scale.tracked(x):
+            mode.scale.register(x, 0, None)
     return _mark(mode, func(*args, **kwargs), 0, None)
 
 

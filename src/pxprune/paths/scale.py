@@ -20,6 +20,12 @@ operation. *Lazy* scaling (the PX data copy: large batches, no gradient) propaga
 bound instead (a convolution of mask weights grows by at most its fan-in) and renormalises only when
 the bound leaves a safe range, or is unknown. Both compute the same numbers up to round-off; lazy
 never overflows (the bound is an upper bound) and keeps every value that eager keeps.
+
+An operation that is not homogeneous (GELU in SynFlow's copy, an unknown operation) is given the
+values its operands stand for (``true_value``), in float64 where they leave the safe range of the
+copy's dtype (``wide``), and its output is renormalised (``from_true``) like a growing operation's,
+so that the linear maps after it see mantissas. Only values beyond float64 are refused, with a
+:class:`PathOverflowError` that says what helps.
 """
 
 from __future__ import annotations
@@ -149,17 +155,59 @@ class PowerOfTwo(Scaling):
         self._state[t] = (e_in + e, 0.0 if m > 0 else -math.inf)
         return t
 
-    def true_value(self, t: torch.Tensor, what: str) -> torch.Tensor:
-        """The value ``t`` stands for, as a plain tensor; an error if it is not representable."""
+    def true_value(self, t: torch.Tensor, what: str, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The value ``t`` stands for, as a plain tensor (in ``dtype``, default ``t``'s own); a
+        :class:`PathOverflowError` if it is not representable there."""
         e = self.exponent(t)
-        out = ldexp(t, e) if e else t
+        src = t if dtype is None or dtype == t.dtype else t.to(dtype)
+        out = ldexp(src, e) if e else src
         if e > 0 and not bool(torch.isfinite(out).all()):
-            raise FloatingPointError(
-                f"{what} needs the true values of a path copy, and they overflow "
-                f"{str(t.dtype).replace('torch.', '')} (about 2**{e}): use dtype='float64', or "
-                "exclude the layers before it"
-            )
+            raise PathOverflowError(overflow_message(what, out.dtype, e + math.frexp(abs_max(t))[1]))
         return out
+
+    def wide(self, t: torch.Tensor) -> bool:
+        """Whether the value ``t`` stands for leaves the safe range of ``t``'s dtype (then an
+        operation that needs true values takes them in float64)."""
+        if t.dtype == torch.float64:
+            return False
+        m = abs_max(t)
+        if m == 0 or not math.isfinite(m):
+            return False
+        magnitude = math.frexp(m)[1] + self.exponent(t)
+        safe = _SAFE.get(t.dtype, 8)
+        return not -safe < magnitude < safe
+
+    def from_true(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Register the output of an operation on true values: renormalised (exact) like the
+        output of a growing operation, then cast to ``dtype``, so that the linear maps after it
+        see mantissas. Infinities (a ``-inf`` fill) stay as they are; the finite entries set e."""
+        m = abs_max(t)
+        if not math.isfinite(m):
+            finite = t.detach()[torch.isfinite(t.detach())]
+            m = abs_max(finite.abs()) if finite.numel() else 0.0
+        e = math.frexp(m)[1] if m > 0 else 0
+        if e:
+            t = ldexp(t, -e)
+        if t.dtype != dtype:
+            t = t.to(dtype)
+        self._state[t] = (e, 0.0 if m > 0 else -math.inf)
+        return t
+
+
+class PathOverflowError(FloatingPointError, ValueError):
+    """An operation outside the path theory needs the true values of a path copy, and they are
+    beyond float64 (a ``ValueError`` too: the command line reports it as a user error)."""
+
+
+def overflow_message(what: str, dtype: torch.dtype, e: int) -> str:
+    """Why a copy's true values cannot be taken, and what helps: no option does (the values are
+    taken in float64 already, and every prunable weight is in the copy, excluded or not)."""
+    return (
+        f"{what} needs the true values of the path copy, and they overflow "
+        f"{str(dtype).replace('torch.', '')} (about 2**{e}; they grow with the depth and width of "
+        "the model, and no option of the criterion changes them): use a criterion that is not "
+        "path-based for this model (snip, grasp, magnitude)"
+    )
 
 
 class Binary(Scaling):
@@ -190,7 +238,7 @@ class Binary(Scaling):
         self._state[t] = True
         return t
 
-    def true_value(self, t: torch.Tensor, what: str) -> torch.Tensor:
+    def true_value(self, t: torch.Tensor, what: str, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         return t
 
 
