@@ -17,10 +17,11 @@ from .batches import Batches
 from .criteria import CRITERIA, Context, Criterion, make_options, non_default_options
 from .degenerate import check_scores
 from .masks import Mask, state_hash
+from .paths import output_tensor
 from .paths.scale import abs_max
 from .report import effective_masks
 from .seeding import generator
-from .selection import canonical_name, coverage, prunable_parameters, unwrap
+from .selection import KINDS, canonical_name, coverage, prunable_parameters, unwrap
 
 log = logging.getLogger("pxprune")
 
@@ -59,6 +60,39 @@ def _check_kinds(cls: type[Criterion], model: nn.Module, include) -> None:  # no
                 f"{cls.name} cannot score {'/'.join(kinds)} weights ({sorted(hits)[0]}): "
                 f"{', '.join(able)} can, or leave them out"
             )
+
+
+def _check_ids(cls: type[Criterion], data: Batches | None) -> None:
+    """Token ids reach only criteria that run the model on the user's inputs (those that score
+    embeddings); the others feed the network real-valued inputs of their own, which an embedding
+    cannot take."""
+    if data is None or not data.indices or "embedding" in cls.kinds or not data.takes_ids():
+        return
+    able = [c for c in CRITERIA.names() if "embedding" in CRITERIA.get(c).kinds]
+    raise ValueError(
+        f"{cls.name} cannot score a model fed token ids (integer inputs to an nn.Embedding): it "
+        f"runs the network on real-valued inputs of its own. Use {', '.join(able)}, or give "
+        f"{cls.name} the layers after the embedding (a model fed embedded float inputs)"
+    )
+
+
+class _Index:
+    """``output=<int>``: an index into a tuple/list output; out of range is an error saying how
+    many outputs there are (other outputs get ``output_tensor``'s messages)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __repr__(self) -> str:
+        return repr(self.index)
+
+    def __call__(self, out: Any) -> torch.Tensor:
+        if isinstance(out, tuple | list) and not -len(out) <= self.index < len(out):
+            raise IndexError(
+                f"output={self.index}: the model returns {len(out)} outputs (a {type(out).__name__}); "
+                f"pass an index from 0 to {len(out) - 1}"
+            )
+        return output_tensor(out, self.index)
 
 
 def _match_one(pattern, every):  # noqa: ANN001, ANN202
@@ -110,8 +144,10 @@ def _setup(
             need_targets=cls.needs_targets,
             criterion=criterion,
             dtype=model_dtype,
+            indices=any(isinstance(m, KINDS["embedding"]) for m in plain.modules()),
         )
         data.check_deterministic()
+        _check_ids(cls, data)
     elif cls.uses_data:
         data = Batches(None, device=device, criterion=criterion)  # raises a TypeError
     ctx = Context(
@@ -125,7 +161,7 @@ def _setup(
         input_size=tuple(input_size) if input_size is not None else None,
         dtype=work,
         cast=cast,
-        output=output,
+        output=_Index(output) if isinstance(output, int) and not isinstance(output, bool) else output,
     )
     crit = cls(opts)
     return crit, ctx

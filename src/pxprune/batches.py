@@ -11,7 +11,8 @@ What ``batches`` may be (the forms people have):
 Every round must see the same data: a one-shot iterator (a generator) is refused, and so is a
 ``DataLoader`` that shuffles; a random augmentation is caught by comparing the first batch of two
 iterations. Inputs are moved to the model's device; their dtype must be the model's (no silent
-cast: uint8 images, float64 inputs to a float32 model are an error naming the fix).
+cast: uint8 images, float64 inputs to a float32 model are an error naming the fix), except integer
+(int64, int32) inputs to a model with an ``nn.Embedding`` or ``nn.EmbeddingBag``: token ids.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ class Batches:
         need_targets: bool = False,
         criterion: str = "",
         dtype: torch.dtype | None = None,
+        indices: bool = False,
     ) -> None:
+        """``dtype``: the model's (inputs must have it); ``indices``: the model takes integer
+        inputs too (it has an embedding)."""
         if batches is None:
             raise TypeError(
                 f"criterion {criterion!r} needs data: pass batches, e.g. a list of (inputs, targets)"
@@ -110,6 +114,7 @@ class Batches:
             )
         self.device = device
         self.dtype = dtype
+        self.indices = indices
         self.micro_batch = micro_batch
         self.need_targets = need_targets
         self.num_samples: int | None = None
@@ -143,8 +148,10 @@ class Batches:
             raise TypeError(
                 f"criterion {self.criterion!r} needs targets: pass batches of (inputs, targets)"
             )
-        if self.dtype is not None and x.dtype != self.dtype:
-            if not x.is_floating_point():
+        if self.dtype is not None and x.dtype != self.dtype and not self._ids(x):
+            if not x.is_floating_point() and self.indices:
+                fix = "pass token ids for its embedding as x.long() (images as x.float() / 255)"
+            elif not x.is_floating_point():
                 fix = "convert them as the model expects, e.g. x.float() / 255 and normalise"
             else:
                 fix = f"pass x.to({self.dtype}) (or convert the model)"
@@ -152,6 +159,11 @@ class Batches:
                 f"{self._who()}: the inputs are {str(x.dtype).replace('torch.', '')} but the model "
                 f"is {str(self.dtype).replace('torch.', '')}: {fix}"
             )
+
+    def _ids(self, x: torch.Tensor) -> bool:
+        """Token ids (int64 or int32, what ``nn.Embedding`` takes) for a model with an embedding;
+        uint8 stays an image."""
+        return self.indices and x.dtype in (torch.int64, torch.int32)
 
     def _first_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         for item in self._raw():
@@ -212,6 +224,10 @@ class Batches:
             self._check(x, y)
             self.sample_shape = tuple(x.shape[1:])
         return self.sample_shape
+
+    def takes_ids(self) -> bool:
+        """Whether the inputs are integer token ids (reading the first batch)."""
+        return self._ids(self._first_batch()[0])
 
 
 def _bytes(t: torch.Tensor) -> bytes:

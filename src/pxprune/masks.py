@@ -146,13 +146,15 @@ class Mask(Mapping[str, torch.Tensor]):
         """Zero the pruned weights and keep them zero (a parametrization ``weight * mask``, on
         every module that shares the tensor).
 
-        Applying to a model that already carries a pxprune mask is a ValueError."""
+        Applying to a model that already carries a pxprune mask, or a torch.nn.utils.prune one,
+        is a ValueError naming the fix."""
         weights = self.check_fits(model)
         if any(_is_masked(m) for m in unwrap(model).modules()):
             raise ValueError(
                 "the model already carries a pxprune mask: call mask.bake(model) (or "
                 "pxprune.masks.remove(model)) before applying another"
             )
+        _refuse_torch_prune(weights)
         for name, w in weights.items():
             tensor = w.tensor
             m = self._items[name].to(tensor.device)
@@ -250,8 +252,9 @@ class Mask(Mapping[str, torch.Tensor]):
 
     def report(self, model: nn.Module, input_size: tuple[int, ...] | None = None, *,
                batches=None):  # noqa: ANN001
-        """The per-layer report (name, shape, kept, total, density, effective kept, MACs). The
-        input size comes from ``input_size``, else the mask's metadata, else ``batches``."""
+        """The per-layer report (name, shape, kept, total, density, effective kept, MACs) and the
+        coverage: which weights of ``model`` the mask covers and which not, and why. The input
+        size comes from ``input_size``, else the mask's metadata, else ``batches``."""
         from .report import layer_report
 
         size = input_size or self.metadata.get("input_size")
@@ -261,7 +264,20 @@ class Mask(Mapping[str, torch.Tensor]):
             size = Batches(batches, device=torch.device("cpu")).first_shape()
         if size is None:
             raise ValueError("report needs input_size=(C, H, W) or batches (the mask records none)")
-        return layer_report(model, self, tuple(size))
+        return layer_report(model, self, tuple(size), criterion=self.metadata.get("criterion"))
+
+
+def _refuse_torch_prune(weights: Mapping[str, PrunableWeight]) -> None:
+    """Two masks on one weight (``weight_orig * weight_mask`` and ours) would be ambiguous."""
+    for w in weights.values():
+        for module, attr, name in [(w.module, w.attr, w.name), *w.aliases]:
+            if f"{attr}_orig" in module._parameters:
+                raise ValueError(
+                    f"{name} is still pruned by torch.nn.utils.prune ({attr}_orig and "
+                    f"{attr}_mask): call torch.nn.utils.prune.remove(module, {attr!r}) on each "
+                    "pruned module first (keeping its zeros), or use mask.to_torch_prune(model) "
+                    "to stay with torch.nn.utils.prune"
+                )
 
 
 def _plain(value: Any) -> Any:

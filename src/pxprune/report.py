@@ -16,7 +16,7 @@ from torch import nn
 
 from ._scoped import frozen_state, model_device, positions_per_sample, recorded_calls, substituted
 from .paths import CopySpec, PathMode, output_tensor
-from .selection import prunable_weights, unwrap
+from .selection import ALL_KINDS, KINDS, Coverage, coverage, prunable_weights, unwrap
 
 REACH = CopySpec(
     activation="identity",
@@ -54,7 +54,11 @@ class LayerRow:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
+    """The rows, one per masked weight, and ``coverage``: which weights of the model the mask
+    covers and which it leaves out, and why (as in ``prune``'s metadata and warning)."""
+
     rows: list[LayerRow]
+    coverage: Coverage | None = None
 
     @property
     def kept(self) -> int:
@@ -113,9 +117,12 @@ class Report:
         rows.append(["**total**", "", self.kept, self.total, f"{self.density:.4f}",
                      f"{self.effective_density:.4f}", f"{self.flops_fraction:.4f}",
                      f"{len(self.empty_layers)} empty"])
-        return markdown_table(
+        table = markdown_table(
             ["layer", "shape", "kept", "total", "density", "effective", "MACs kept", ""], rows,
             align=["", "", "r", "r", "r", "r", "r", ""])
+        if self.coverage is None:
+            return table
+        return f"{table}\n\nCoverage: {self.coverage.summary()}"
 
 
 def effective_masks(
@@ -147,10 +154,38 @@ def effective_masks(
     return eff, positions_per_sample(calls, model)
 
 
+def mask_coverage(model: nn.Module, mask: Mapping[str, torch.Tensor],
+                  criterion: str | None = None) -> Coverage:
+    """What ``mask`` covers of ``model``'s parameters, in ``prune``'s words: a weight a registered
+    ``criterion`` cannot score is said so; another weight left out is "excluded" (or "not in the
+    mask" when the criterion is unknown, e.g. a mask made elsewhere)."""
+    from .criteria import CRITERIA
+
+    known = criterion is not None and criterion in CRITERIA
+    kinds = CRITERIA.get(criterion).kinds if known else ALL_KINDS
+    covered = coverage(model, list(mask), kinds=kinds, criterion=criterion or "the criterion")
+    if known:
+        return covered
+    why = {n: (c, "not in the mask" if w == "excluded" else w)
+           for n, (c, w) in covered.not_covered.items()}
+    return dataclasses.replace(covered, not_covered=why)
+
+
 def layer_report(
-    model: nn.Module, mask: Mapping[str, torch.Tensor], input_size: tuple[int, ...]
+    model: nn.Module, mask: Mapping[str, torch.Tensor], input_size: tuple[int, ...], *,
+    criterion: str | None = None,
 ) -> Report:
-    eff, positions = effective_masks(model, mask, input_size)
+    """The per-layer report of ``mask`` on ``model``, with its :func:`mask_coverage`."""
+    try:
+        eff, positions = effective_masks(model, mask, input_size)
+    except RuntimeError as err:
+        if not any(isinstance(m, KINDS["embedding"]) for m in unwrap(model).modules()):
+            raise
+        raise ValueError(
+            "the per-layer report runs the model on all-ones real-valued inputs to find the effective "
+            f"weights, which an nn.Embedding fed token ids cannot take ({str(err).splitlines()[0]}); "
+            "for what the mask covers use pxprune.report.mask_coverage(model, mask)"
+        ) from None
     rows = []
     for name in mask:
         t = mask[name]
@@ -166,4 +201,4 @@ def layer_report(
                 masked_macs=pos * int(torch.count_nonzero(t)),
             )
         )
-    return Report(rows)
+    return Report(rows, coverage=mask_coverage(model, mask, criterion))
