@@ -6,14 +6,19 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def _cell(value: Any) -> str:
+    # an unescaped "|" would end the cell early (GitHub renders "\|" as "|", in code spans too)
+    return str(value).replace("|", "\\|")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *,
                    align: Sequence[str] | str = "") -> str:
     """``| a | b |`` lines. ``align``: one of "" (``---``) or "r" (``---:``) per column, or one
-    for all; cells are written with ``str``."""
+    for all; cells (and headings) are written with ``str``, a ``|`` in them as ``\\|``."""
     marks = [align] * len(header) if isinstance(align, str) else list(align)
     if len(marks) != len(header):
         raise ValueError("one alignment per column")
-    lines = ["| " + " | ".join(str(h) for h in header) + " |",
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
              "| " + " | ".join("---:" if a == "r" else "---" for a in marks) + " |"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

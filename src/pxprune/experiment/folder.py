@@ -28,12 +28,15 @@ import yaml
 from torch import nn
 
 from .._io import load_payload
+from ..data.base import DatasetSpec
 from ..masks import Mask, state_hash
 from ..report import Report
 from ..train import load_checkpoint, load_plain_state_dict, plain_state_dict, save_checkpoint
 from .config import RunConfig, config_from_dict
+from .data import build_model
 from .errors import UserError
 from .files import atomic_torch_save, atomic_write_text, read_csv, read_json, write_csv, write_json
+from .sources import MaskSource, load_rewind
 
 CONFIG, INIT, SPLIT, MASK = "config.yaml", "init.pt", "split.json", "mask.pt"
 PRUNE_HISTORY, LAYERS, HISTORY, TB = "prune_history.csv", "layers.csv", "history.csv", "tb"
@@ -95,6 +98,11 @@ def load_weights(path: Path, model: nn.Module) -> str:
     return digest
 
 
+def load_theta0(model: nn.Module, init: Path | None) -> str:
+    """theta_0 into ``model`` from ``init`` (an init.pt), or the model as built when None; its hash."""
+    return load_weights(init, model) if init is not None else state_hash(model)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunFolder:
     """One run folder (it need not exist yet)."""
@@ -148,6 +156,25 @@ class RunFolder:
 
     def load_init(self, model: nn.Module) -> str:
         return load_weights(self / INIT, model)
+
+    def starting_weights(self, model: nn.Module, config: RunConfig, *, source: MaskSource,
+                         mask: Mask, spec: DatasetSpec, theta0: str | None = None) -> tuple[str, str]:
+        """Load into ``model`` the weights training (and the NTK at initialisation) start from, in
+        the one order every reader uses: theta_0 (init.pt), then the source's rewind point (a
+        lottery ticket's theta_k), then a re-initialisation (``+reinit``: the model built from
+        the ``reinit`` stream). Give ``theta0``, its hash, when ``model`` already holds theta_0,
+        so that init.pt is read once. Returns (theta_0's hash, "theta_0" | "rewind" | "reinit")."""
+        if theta0 is None:
+            theta0 = self.load_init(model)
+        which = "theta_0"
+        rewind = source.rewind_file(self, config)
+        if rewind is not None:
+            load_rewind(rewind, model, mask)
+            which = "rewind"
+        if config.train.reinit:
+            model.load_state_dict(build_model(config, spec, stream="reinit").state_dict())
+            which = "reinit"
+        return theta0, which
 
     def write_split(self, config: RunConfig, indices: list[int], digest: str) -> None:
         write_json(self / SPLIT, {
@@ -251,23 +278,6 @@ def copied_history(path: Path | None, names: list[str]) -> list[list[int]] | Non
         return None
 
 
-def starting_weights(model: nn.Module, config: RunConfig, *, init: Path | None,
-                     rewind: Path | None, reinit_model: nn.Module | None) -> tuple[str, str]:
-    """Load into ``model`` the weights training (and the NTK at initialisation) start from, in
-    the one order every reader uses: theta_0 (``init``, else the model as built), then the
-    rewind point of a lottery ticket (``rewind``), then a re-initialisation (``reinit_model``,
-    for ``+reinit``). Returns (theta_0's hash, which: "theta_0" | "rewind" | "reinit")."""
-    theta0 = load_weights(init, model) if init is not None else state_hash(model)
-    which = "theta_0"
-    if rewind is not None:
-        load_weights(rewind, model)
-        which = "rewind"
-    if reinit_model is not None:
-        model.load_state_dict(reinit_model.state_dict())
-        which = "reinit"
-    return theta0, which
-
-
 def same_config(existing: Mapping[str, Any], config: RunConfig) -> str | None:
     """The first difference between a folder's config.yaml and ``config`` (None: the same run)."""
     mine = yaml.safe_load(config.to_yaml())
@@ -304,6 +314,6 @@ def checkpoint_fits(state: Mapping[str, Any], mask_digest: str, identity: Any, w
 __all__ = [
     "CONFIG", "HISTORY", "INIT", "LAST", "LAYERS", "LAYER_COLUMNS", "LOTTERY_DIR", "MASK",
     "METRICS", "PRUNE_HISTORY", "REWIND", "SPLIT", "TB", "RunFolder", "checkpoint_fits",
-    "copied_history", "load_mask", "load_weights", "read_config_dict", "same_config",
-    "save_weights", "starting_weights",
+    "copied_history", "load_mask", "load_theta0", "load_weights", "read_config_dict",
+    "same_config", "save_weights",
 ]

@@ -1,4 +1,4 @@
-"""``pxprune ntk``: the empirical NTK of a run's network at initialisation .
+"""``pxprune ntk``: the empirical NTK of a run's network at initialisation.
 
 The network is the one training starts from: theta_0 from ``init.pt`` (or the re-initialised
 weights of a ``+reinit`` run, or the rewind point of a lottery ticket), with ``mask.pt``; the
@@ -18,13 +18,13 @@ from torch.utils.data import Subset
 
 from ..analysis import ntk_summary
 from ..data import DatasetNotFoundError, create_dataset, split_hash, targets_of
-from ..masks import Mask, state_hash
+from ..masks import Mask
 from .config import RunConfig
 from .data import build_model, load_data
 from .errors import UserError
 from .files import read_json, write_json
-from .folder import INIT, MASK, SPLIT, RunFolder, load_mask, load_weights
-from .run import read_config, resolve_device, run_label, start_from
+from .folder import INIT, MASK, SPLIT, RunFolder, load_mask, load_theta0
+from .run import read_config, resolve_device, run_label
 from .sources import mask_label, source_for
 
 NTK_FILE = "ntk.json"
@@ -124,9 +124,8 @@ def run_ntk(out: str | Path, *, samples: int = DEFAULT_SAMPLES, probes: int = 64
         mask.check_fits(model)
     except ValueError as err:
         raise UserError(f"{out / MASK}: {err}") from None
-    theta0 = load_weights(out / INIT, model)
-    weights = start_from(RunFolder(out), config, source_for(config.prune.criterion), model, mask,
-                         data)
+    theta0, weights = RunFolder(out).starting_weights(
+        model, config, source=source_for(config.prune.criterion), mask=mask, spec=data.spec)
     result = _summary(model, inputs, mask, device, probes=probes, top=top,
                       exact_limit=exact_limit, seed=seed)
     result.update(run=str(out), criterion=run_label(config), sparsity=mask.sparsity,
@@ -160,7 +159,7 @@ def mask_ntk(config: RunConfig, mask_file: str | Path, *, run_seed: int | None =
     except ValueError as err:
         raise UserError(f"{mask_file}: {err}") from None
     beside = mask_file.parent / INIT
-    theta0 = load_weights(beside, model) if beside.is_file() else state_hash(model)
+    theta0 = load_theta0(model, beside if beside.is_file() else None)
     if mask.metadata.get("theta0_hash") not in (None, theta0):
         where = beside if beside.is_file() else f"{config.model.name} with seed {config.seed}"
         raise UserError(f"the mask was made from another theta_0 than {where}; give the seed "

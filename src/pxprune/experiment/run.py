@@ -26,11 +26,11 @@ from ..masks import Mask
 from ..selection import prunable_parameters
 from ..train.loop import default_workers, evaluate, make_loader, resolve_amp
 from .config import RunConfig, with_prune
-from .data import Data, build_model, load_data
+from .data import build_model, load_data
 from .errors import UserError
-from .folder import INIT, METRICS, RunFolder, load_mask, read_config_dict, same_config
+from .folder import INIT, METRICS, RunFolder, load_mask, load_theta0, read_config_dict, same_config
 from .folder import checkpoint_fits as _checkpoint_fits
-from .sources import FromFile, MakeContext, MaskSource, load_rewind, source_for, train_config_changes
+from .sources import FromFile, MakeContext, MaskSource, source_for, train_config_changes
 from .spec import criterion_label, sparsity_label
 from .training import mask_digest, metric_keys, train_run
 
@@ -193,24 +193,6 @@ def _check_mask(mask: Mask | None, model: torch.nn.Module, theta0: str, where: s
                         "its own init.pt beside it, or the model and seed it was pruned from")
 
 
-def start_from(folder: RunFolder, config: RunConfig, source: MaskSource, model: torch.nn.Module,
-               mask: Mask, data: Data) -> str:
-    """Load the weights training starts from: theta_0 (init.pt), then the source's rewind
-    point, then a re-initialisation (``+reinit``). Returns which of the three."""
-    from .folder import load_weights
-
-    load_weights(folder / INIT, model)
-    which = "theta_0"
-    rewind = source.rewind_file(folder, config)
-    if rewind is not None:
-        load_rewind(rewind, model, mask)
-        which = "rewind"
-    if config.train.reinit:
-        model.load_state_dict(build_model(config, data.spec, stream="reinit").state_dict())
-        which = "reinit"
-    return which
-
-
 # ------------------------------------------------------------------------------ execution
 def execute(p: Plan, *, observer: Observer | None = None,
             device: str | torch.device | None = None) -> dict[str, Any] | None:
@@ -223,14 +205,7 @@ def execute(p: Plan, *, observer: Observer | None = None,
     need_train = p.mode != "prune" or (source.trains and p.state == "new")
     data = load_data(config, train=need_train, test=need_train, split=p.state == "new")
     model = build_model(config, data.spec)
-    if p.init_source is not None:
-        from .folder import load_weights
-
-        theta0 = load_weights(p.init_source, model)
-    else:
-        from ..masks import state_hash
-
-        theta0 = state_hash(model)
+    theta0 = load_theta0(model, p.init_source)
     where = str(p.init_source or f"{config.model.name} with seed {config.seed}")
     _check_mask(p.mask, model, theta0, where)
     mask = p.mask
@@ -258,7 +233,9 @@ def execute(p: Plan, *, observer: Observer | None = None,
         mask = final_mask(mask, config)
         report = mask.report(model, data.spec.input_size)
     if p.checkpoint is None:
-        start_from(folder, config, source, model, mask, data)
+        # a source that trains to make its mask (the lottery) leaves the model moved off theta_0
+        folder.starting_weights(model, config, source=source, mask=mask, spec=data.spec,
+                                theta0=None if p.state == "new" else theta0)
     return train_run(folder, config, data, model, mask, report, apply_mask=source.applied,
                      checkpoint=p.checkpoint, device=device, observer=obs,
                      begin_state=None if p.state == "new" else p.state)
@@ -291,7 +268,7 @@ def evaluate_run(out: str | Path, *, device: str | torch.device | None = None) -
         except ValueError as err:
             raise UserError(f"{folder / 'last.pt'}: {err}") from None
     else:
-        start_from(folder, config, source, model, mask, data)
+        folder.starting_weights(model, config, source=source, mask=mask, spec=data.spec)
     model.to(device)
     if source.applied:
         mask.apply(model)
@@ -309,5 +286,5 @@ def evaluate_run(out: str | Path, *, device: str | torch.device | None = None) -
 __all__ = [
     "METRICS", "METRIC_KEYS", "Observer", "Plan", "default_out", "evaluate_run", "execute",
     "final_mask", "load_mask", "plan", "read_config", "read_config_dict", "resolve_device",
-    "run_label", "start_from", "train_config_for_mask",
+    "run_label", "train_config_for_mask",
 ]
