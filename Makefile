@@ -35,6 +35,7 @@ demo: venv
 bench: venv
 	$(PY) benchmarks/px_speed.py
 	$(PY) benchmarks/criteria_cost.py
+	$(PY) benchmarks/threshold_speed.py
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
