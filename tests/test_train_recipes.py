@@ -16,6 +16,8 @@ SMALL_MODEL = "model.name=resnet20"
 
 def _cases():
     for name in list_recipes():
+        if resolve_config(name).model.pretrained is not None:
+            continue  # tests/test_transfer_recipes.py trains them from a stand-in checkpoint
         if name in SLOW:
             yield pytest.param(name, (), marks=pytest.mark.slow, id=name)
             # the same recipe, data files and optimizer with a small network, in the fast suite

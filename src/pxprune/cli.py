@@ -168,7 +168,11 @@ def _flags(args: argparse.Namespace):
 
 
 def _sets(args: argparse.Namespace) -> list[str]:
-    return [item for group in (args.set or []) for item in group]
+    """``--set`` items, then ``--pretrained`` as ``model.pretrained`` (so sweeps pass it on)."""
+    sets = [item for group in (args.set or []) for item in group]
+    if getattr(args, "pretrained", None) is not None:
+        sets.append(f"model.pretrained={args.pretrained}")
+    return sets
 
 
 def _run_or_prune(args: argparse.Namespace, mode: str) -> int:
@@ -416,7 +420,8 @@ def cmd_ntk(args: argparse.Namespace) -> int:
     options = dict(samples=args.samples, probes=args.probes, top=args.top,
                    exact_limit=args.exact_limit, seed=args.probe_seed, device=args.device)
     if args.run is not None:
-        if args.mask is not None or args.recipe is not None or args.set or args.seed is not None:
+        if (args.mask is not None or args.recipe is not None or args.set or args.seed is not None
+                or args.pretrained is not None):
             raise UserError("--run takes the model, mask and seed from the run folder; "
                             "give --run DIR, or --mask FILE with --recipe/--set/--seed")
         result = run_ntk(args.run, **options)
@@ -512,6 +517,11 @@ def _add_common(p: argparse.ArgumentParser, *, recipe_default: str | None = None
         p.add_argument("--seed", type=int, metavar="K", help="the run seed")
     if epochs:
         p.add_argument("--epochs", type=int, metavar="E", help="training epochs")
+    p.add_argument("--pretrained", metavar="SPEC",
+                   help="pre-trained weights (model.pretrained): a torchvision weight name "
+                        "(IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT, imagenet) or a checkpoint file, its "
+                        "layout detected or forced: torchvision:FILE, mocov2:FILE, dino:FILE, "
+                        "clip:FILE")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
 

@@ -132,6 +132,47 @@ def create_dataset(
     )
 
 
+class AdaptedInputs(Dataset):
+    """A dataset whose inputs are resized and re-normalised: items of ``dataset`` (normalised with
+    ``spec.mean``/``spec.std``) come out resized to ``size`` x ``size`` (bilinear, antialiased) and
+    normalised with ``mean``/``std`` instead. Used for pre-trained backbones, whose weights expect
+    their own statistics and size (docs/design/PRETRAINED.md); labels pass through untouched.
+    """
+
+    def __init__(self, dataset: Dataset, spec: DatasetSpec, *, mean: tuple[float, ...],
+                 std: tuple[float, ...], size: int | None = None) -> None:
+        channels = spec.input_size[0]
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(
+                f"{spec.name} has {channels} input channels but the weights' statistics have "
+                f"{len(mean)}; set data.normalize: dataset")
+        self.dataset = dataset
+        self.size = size
+        # (x * s_d + m_d - m_w) / s_w, one affine map per channel (it commutes with the resize)
+        old_mean, old_std = torch.tensor(spec.mean), torch.tensor(spec.std)
+        self.scale = (old_std / torch.tensor(std)).view(-1, 1, 1)
+        self.shift = ((old_mean - torch.tensor(mean)) / torch.tensor(std)).view(-1, 1, 1)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return targets_of(self.dataset)
+
+    @property
+    def source(self) -> str | None:
+        return data_source(self.dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple:
+        x, *rest = self.dataset[index]
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
+            x = torch.nn.functional.interpolate(
+                x.unsqueeze(0), size=(self.size, self.size), mode="bilinear",
+                align_corners=False, antialias=True).squeeze(0)
+        return (x * self.scale + self.shift, *rest)
+
+
 def data_source(dataset: Dataset) -> str | None:
     """Where a dataset's files were found (a folder), looking through Subset and ConcatDataset."""
     while isinstance(dataset, Subset):

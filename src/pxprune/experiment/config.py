@@ -28,8 +28,13 @@ META_KEYS = ("comment", "recipe", "provenance")
 """Top-level keys of a recipe or config.yaml that describe it and are not configuration."""
 
 
-def _field(default: Any, kind: str, *, choices: Sequence[str] = ()) -> Any:
-    meta = {"kind": kind, "choices": tuple(choices)}
+NORMALIZE = ("weights", "dataset")
+
+
+def _field(default: Any, kind: str, *, choices: Sequence[str] = (), since: bool = False) -> Any:
+    """``since``: a key added after run folders already existed; config.yaml (and a run's
+    identity) holds it only when it differs from its default, so earlier folders still match."""
+    meta = {"kind": kind, "choices": tuple(choices), "since": since}
     if isinstance(default, dict | list):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -37,8 +42,10 @@ def _field(default: Any, kind: str, *, choices: Sequence[str] = ()) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """``model.*``: a registered (or torchvision) model name and optional pre-trained weights
-    (``imagenet`` or the path of a saved state_dict)."""
+    """``model.*``: a registered (or torchvision) model name and optional pre-trained weights:
+    a torchvision weight name (``IMAGENET1K_V1``, ``IMAGENET1K_V2``, ``DEFAULT``; ``imagenet`` is
+    ``IMAGENET1K_V1``) or a checkpoint file, its layout detected from its keys or forced with
+    ``torchvision:``, ``mocov2:``, ``dino:`` or ``clip:`` (docs/design/PRETRAINED.md)."""
 
     name: str = _field("resnet20", "str")
     pretrained: str | None = _field(None, "str?")
@@ -47,13 +54,24 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """``data.*``: dataset, where its files are, and the pruning split (``per_class`` examples of
-    every class drawn from the first ``train_subset`` training examples, or all of them)."""
+    every class drawn from the first ``train_subset`` training examples, or all of them).
+
+    ``normalize``: ``weights`` (default) normalises inputs with the statistics the pre-trained
+    weights were trained with (ImageNet's for torchvision, MoCo v2 and DINO, CLIP's for clip), since
+    a backbone's first layer and BN statistics expect them; without pre-trained weights that is the
+    dataset's own statistics, as before. ``dataset`` always uses the dataset's statistics, which is
+    what the paper's code does for every backbone. ``image_size``: resize inputs to this square size
+    (e.g. 224 for transfer from ImageNet backbones), after the dataset's own augmentation; null keeps
+    the dataset's size.
+    """
 
     name: str = _field("fashion-mnist", "str")
     root: str = _field("data", "str")
     download: bool = _field(False, "bool")
     per_class: int = _field(10, "int")
     train_subset: int | None = _field(None, "int?")
+    normalize: str = _field("weights", "str", choices=NORMALIZE, since=True)
+    image_size: int | None = _field(None, "int?", since=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +128,7 @@ class RunConfig:
             section = getattr(self, name)
             out[name] = {
                 f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)
+                if not (f.metadata.get("since") and getattr(section, f.name) == f.default)
             }
         out["seed"] = self.seed
         return out
@@ -326,10 +345,15 @@ class Flags:
     rounds: int | None = None
     seed: int | None = None
     epochs: int | None = None
+    pretrained: str | None = None
 
 
 def _defaults() -> dict[str, Any]:
     d = RunConfig().to_dict()
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("since"):
+                d[section][f.name] = f.default
     d["train"]["milestones"] = tuple(d["train"]["milestones"])
     return d
 
@@ -392,6 +416,8 @@ def resolve_config(
         _set_value(raw, "seed", flags.seed, parse=False)
     if flags.epochs is not None:
         raw["train"]["epochs"] = _coerce("--epochs", "int", (), flags.epochs)
+    if flags.pretrained is not None:
+        _set_value(raw, "model.pretrained", flags.pretrained, parse=True)
     return build_config(raw, explicit_sparsity=explicit_sparsity)
 
 
@@ -407,6 +433,10 @@ def build_config(raw: Mapping[str, Any], *, explicit_sparsity: bool = True) -> R
     train = dict(raw["train"])
     data = dict(raw["data"])
     model = dict(raw["model"])
+    for section, values in (("data", data), ("model", model), ("train", train)):
+        for f in dataclasses.fields(SECTIONS[section]):
+            if f.metadata.get("since"):
+                values.setdefault(f.name, f.default)  # to_dict leaves out their defaults
     _validate(model, data, prune, train)
     return RunConfig(
         model=ModelConfig(**model),
@@ -426,11 +456,12 @@ def _validate(model: dict, data: dict, prune: dict, train: dict) -> None:
         info = model_info(model["name"])
     except ValueError as err:
         raise UserError(str(err)) from None
-    pre = model["pretrained"]
-    if pre is not None and pre != "imagenet" and not Path(pre).expanduser().is_file():
-        raise UserError(
-            f"model.pretrained {pre!r} is neither 'imagenet' nor an existing state_dict file"
-        )
+    if model["pretrained"] is not None:
+        from ..models.pretrained import spec_problem
+
+        problem = spec_problem(model["pretrained"])
+        if problem:
+            raise UserError(problem)
     try:
         spec = get_spec(data["name"])
     except ValueError as err:
@@ -444,6 +475,15 @@ def _validate(model: dict, data: dict, prune: dict, train: dict) -> None:
         raise UserError(f"data.per_class must be >= 1, got {data['per_class']}")
     if data["train_subset"] is not None and data["train_subset"] < 1:
         raise UserError(f"data.train_subset must be >= 1 or null, got {data['train_subset']}")
+    if data["normalize"] not in NORMALIZE:
+        raise UserError(f"unknown data.normalize {data['normalize']!r}; choose one of: "
+                        f"{', '.join(NORMALIZE)}")
+    if data["image_size"] is not None:
+        if data["image_size"] < 1:
+            raise UserError(f"data.image_size must be >= 1 or null, got {data['image_size']}")
+        if spec.task != "classification":
+            raise UserError(f"data.image_size resizes images, not {spec.task} targets: leave it "
+                            f"null for {data['name']!r}")
     for key, kind in (("scope", SCOPES),):
         if prune[key] not in kind:
             raise UserError(f"unknown prune.{key} {prune[key]!r}; choose one of: {', '.join(kind)}")

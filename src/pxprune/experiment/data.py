@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..data import DatasetNotFoundError, create_dataset, data_source, get_spec, train_subset
-from ..data.base import DatasetSpec
+from ..data.base import AdaptedInputs, DatasetSpec
 from ..models import create_model
 from ..seeding import stream_seed
 from ..tasks import Task, get_task
@@ -32,6 +32,9 @@ class Data:
     split_indices: list[int] | None = None
     source: str | None = None
     """Where the files were found (recorded in config.yaml's provenance)."""
+    normalization: str = "dataset"
+    """Whose statistics normalise the inputs: ``dataset`` or a checkpoint format (``spec.mean``
+    and ``spec.std`` hold them)."""
 
     @property
     def task(self) -> Task:
@@ -51,13 +54,40 @@ def _base_indices(ds: Dataset, indices: list[int]) -> list[int]:
     return indices
 
 
+def input_spec(config: RunConfig) -> tuple[DatasetSpec, str]:
+    """The dataset's spec as the model sees it: normalised with the pre-trained weights'
+    statistics (``data.normalize: weights`` with ``model.pretrained``) and resized to
+    ``data.image_size``; and whose statistics those are (``dataset`` or a checkpoint format)."""
+    d = config.data
+    spec = get_spec(d.name)
+    whose = "dataset"
+    if d.normalize == "weights" and config.model.pretrained is not None:
+        from ..models.pretrained import weights_statistics
+
+        try:
+            mean, std, whose = weights_statistics(config.model.pretrained)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        if len(mean) != spec.input_size[0]:
+            raise UserError(f"{d.name} has {spec.input_size[0]} input channels but the weights' "
+                            f"statistics have {len(mean)}; set data.normalize: dataset")
+        if (tuple(mean), tuple(std)) != (tuple(spec.mean), tuple(spec.std)):
+            spec = dataclasses.replace(spec, mean=tuple(mean), std=tuple(std))
+    if d.image_size is not None:
+        spec = dataclasses.replace(spec, input_size=(spec.input_size[0], d.image_size,
+                                                     d.image_size))
+    return spec, whose
+
+
 def load_data(config: RunConfig, *, train: bool = True, test: bool = True,
               split: bool = True) -> Data:
     """The training set (with its augmentation), the test set and the pruning split (drawn with
-    the eval transform from the training subset). Missing files are a :class:`UserError`."""
+    the eval transform from the training subset), normalised and sized as :func:`input_spec`
+    says. Missing files are a :class:`UserError`."""
     d = config.data
-    spec = get_spec(d.name)
-    result = Data(spec=spec)
+    base = get_spec(d.name)
+    spec, whose = input_spec(config)
+    result = Data(spec=spec, normalization=whose)
 
     def make(is_train: bool, augment: bool | None) -> Dataset:
         try:
@@ -65,6 +95,8 @@ def load_data(config: RunConfig, *, train: bool = True, test: bool = True,
                                 augment=augment)
             if result.source is None:
                 result.source = data_source(ds)
+            if spec != base:  # before the subset, so that indices still reach the files
+                ds = AdaptedInputs(ds, base, mean=spec.mean, std=spec.std, size=d.image_size)
             if is_train and d.train_subset is not None:
                 ds = train_subset(ds, d.train_subset, seed=0)
             return ds

@@ -212,7 +212,7 @@ def execute(p: Plan, *, observer: Observer | None = None,
     if p.state == "new":
         obs.begin(p.state, 0)
         folder.path.mkdir(parents=True, exist_ok=True)
-        folder.write_config(config, {"data_found": data.source} if data.source else None)
+        folder.write_config(config, _provenance(config, data, model))
         folder.save_init(model, config)
         from ..data import split_hash
 
@@ -239,6 +239,22 @@ def execute(p: Plan, *, observer: Observer | None = None,
     return train_run(folder, config, data, model, mask, report, apply_mask=source.applied,
                      checkpoint=p.checkpoint, device=device, observer=obs,
                      begin_state=None if p.state == "new" else p.state)
+
+
+def _provenance(config: RunConfig, data: Any, model: torch.nn.Module) -> dict[str, Any] | None:
+    """config.yaml's ``provenance``: where the data was found; with pre-trained weights, what was
+    loaded (source, layout and how it was known, sha256, whether the head is new) and the
+    statistics and size the inputs were given."""
+    out: dict[str, Any] = {}
+    if data.source:
+        out["data_found"] = data.source
+    weights = getattr(model, "pretrained_weights", None)
+    if weights is not None:
+        out["pretrained"] = weights.to_dict()
+    if weights is not None or config.data.image_size is not None:
+        out["inputs"] = {"normalization": data.normalization, "mean": list(data.spec.mean),
+                         "std": list(data.spec.std), "size": list(data.spec.input_size)}
+    return out or None
 
 
 # ------------------------------------------------------------------------------ evaluation

@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pxprune.models.pretrained import load_pretrained_, read_pretrained
+from pxprune.models.pretrained import attach, read_checkpoint
 from pxprune.registry import Registry
 from pxprune.seeding import stream_seed
 
@@ -177,10 +177,14 @@ def create_model(
     """Build a registered model, or any torchvision classifier by name, on the CPU.
 
     ``seed``: an int builds from its ``init`` stream (same seed, bit-identical weights; the global
-    RNG is unchanged); None draws from the global RNG. ``pretrained``: None, ``"imagenet"``
-    (torchvision IMAGENET1K_V1 weights, downloaded once) or the path of a saved ``state_dict``; the
-    classifier is kept freshly initialised when its shape differs. ``input_size=(C, H, W)`` defaults
-    to the model's ``model_info(name).input_size``.
+    RNG is unchanged); None draws from the global RNG. ``pretrained``: None, a torchvision weight
+    name (``IMAGENET1K_V1``, ``IMAGENET1K_V2``, ``DEFAULT``; ``imagenet`` is ``IMAGENET1K_V1``; read
+    through torchvision's cache, downloaded once) or a checkpoint file, its layout detected or forced
+    by a prefix (``torchvision:``, ``mocov2:``, ``dino:``, ``clip:``; pxprune.models.pretrained).
+    Loading is strict; the classifier keeps its fresh initialisation when the checkpoint has none or
+    one of another shape. What was loaded is kept as ``model.pretrained_weights`` (format, sha256,
+    whether the head is new, input statistics). ``input_size=(C, H, W)`` defaults to the model's
+    ``model_info(name).input_size``.
     """
     info = model_info(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -188,11 +192,12 @@ def create_model(
     size = _check_input_size(info.input_size if input_size is None else input_size)
     builder = _MODELS.get(name).builder if name in _MODELS else _torchvision_builder(name)
     # Read the checkpoint before building so a bad path fails fast.
-    state = None
+    checkpoint = None
     if pretrained is not None:
-        state = read_pretrained(name, pretrained, imagenet=info.family == "torchvision")
+        checkpoint = read_checkpoint(pretrained, name,
+                                     torchvision_weights=info.family == "torchvision")
     with _init_rng(seed):
         model = builder(num_classes=num_classes, input_size=size)
-    if state is not None:
-        load_pretrained_(model, state, source=str(pretrained))
+    if checkpoint is not None:
+        attach(model, checkpoint, model_name=name)
     return model
