@@ -7,9 +7,11 @@
 
 __version__ = "0.1.0"
 
-from . import data, masks  # noqa: E402,F401  (pxprune.data.pruning_split, pxprune.masks.overlap)
+from . import data, masks, models  # noqa: E402,F401  (pxprune.data.pruning_split, pxprune.models.create_model)
 from .api import list_criteria, prune, score  # noqa: E402
 from .lottery import lottery  # noqa: E402
 from .masks import Mask  # noqa: E402
 
-__all__ = ["Mask", "__version__", "data", "list_criteria", "lottery", "masks", "prune", "score"]
+__all__ = [
+    "Mask", "__version__", "data", "list_criteria", "lottery", "masks", "models", "prune", "score",
+]
