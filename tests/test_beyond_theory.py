@@ -630,3 +630,17 @@ def test_transposed_convolutions_are_path_layers():
     sums = [float(t.double().sum()) for t in s64.values()]
     assert sums[0] == pytest.approx(sums[1], rel=1e-6) and sums[1] == pytest.approx(sums[2], rel=1e-6)
     assert "t.weight" in s64
+
+
+def test_px_bn_train_degenerate_rounds_name_the_reference_defect():
+    """The reference code's bn='train' gives round-off scores that reach exactly 0 on a ResNet-20:
+    the error says so and names bn='eval', not a layer collapse or a layer outside the theory."""
+    from pxprune.models import create_model
+
+    model = create_model("resnet20", num_classes=10, seed=0)
+    x = torch.randn(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DegenerateScoresError, match="bn='train'.*use bn='eval'") as err:
+            pxprune.prune(model, "px", [x], sparsity=0.982, rounds=30, bn="train", classifier="signed")
+    assert "collapse" not in str(err.value) and "\n" not in str(err.value)

@@ -94,6 +94,10 @@ def check_scores(
         if first:
             _warn_partial(criterion, crit, ctx, scores, mask)
         return
+    what = "every score" if everywhere else f"every score of {_listed(zero)}"
+    known = crit.degenerate_reason() if hasattr(crit, "degenerate_reason") else None
+    if known:
+        raise DegenerateScoresError(f"{criterion}: {what} is 0: {known}", layers=zero)
     emptied = [n for n in scores if mask[n].numel() and not bool(mask[n].any())]
     if everywhere and not first and emptied:
         raise DegenerateScoresError(
@@ -104,7 +108,6 @@ def check_scores(
             layers=emptied,
         )
     dead = _zero_weights(ctx)
-    what = "every score" if everywhere else f"every score of {_listed(zero)}"
     if dead:
         raise DegenerateScoresError(
             f"{criterion}: {what} is 0 because {_listed(dead)} "

@@ -129,6 +129,12 @@ class Criterion:
         ``pxprune.degenerate``); None for the generic message."""
         return None
 
+    def degenerate_reason(self) -> str | None:
+        """A reason, with the fix, that explains any degenerate round of this configuration
+        (e.g. an option known to give round-off scores); it takes precedence over every other
+        explanation in ``pxprune.degenerate``. None when there is none."""
+        return None
+
 
 CRITERIA: Registry[type[Criterion]] = Registry(
     "criterion", pattern=r"[a-z][a-z0-9_]*",

@@ -303,6 +303,16 @@ class PX(Criterion):
                     raise
         raise AssertionError("unreachable")
 
+    def degenerate_reason(self) -> str | None:
+        if self.options.bn != "train":
+            return None
+        # the reference code's defect, not a layer outside the theory or a collapse of ours
+        return (
+            "with bn='train' (the reference code's behaviour) every BatchNorm output of the weight "
+            "copy is constant, so the scores are round-off, here exactly 0, and the reference code "
+            "would prune in index order; use bn='eval' (the default)"
+        )
+
     def explain_zero(self, ctx: Context, names: list[str]) -> str | None:
         shown = names[:5]
         return (
