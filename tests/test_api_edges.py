@@ -17,22 +17,12 @@ import pxprune
 from conftest import cli
 from pxprune.masks import Mask
 from pxprune.report import mask_coverage
+from test_api_forms import LSTMNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- the report's coverage
-class LSTMNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lstm = nn.LSTM(4, 16, batch_first=True)
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x):
-        return self.head(self.lstm(x)[0][:, -1])
-
-
 def test_a_report_states_what_the_mask_covers(tmp_path):
     model = LSTMNet()
     mask = pxprune.prune(model, "px", [torch.randn(6, 7, 4)], sparsity=0.5, rounds=1)

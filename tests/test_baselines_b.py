@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 import pxprune
+from conftest import mlp
 from pxprune.criteria import Context, ntksap, synflow  # noqa: F401  (register the criteria)
 from pxprune.criteria.ntksap import NTKSAP
 from pxprune.criteria.synflow import SynFlow
@@ -22,13 +23,7 @@ from pxprune.selection import prunable_parameters
 
 # ----------------------------------------------------------------------------------- models
 def plain_mlp(seed: int = 0, widths=(3, 5, 4, 2)) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
-        layers.append(nn.Linear(a, b, bias=False))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers).double()
+    return mlp(widths=widths, seed=seed).double()
 
 
 def plain_cnn(seed: int = 0, bn: bool = False) -> nn.Sequential:

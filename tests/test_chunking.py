@@ -16,20 +16,16 @@ import torch
 from torch import nn
 
 import pxprune
+from conftest import mlp
 from pxprune.api import _setup
 from pxprune.criteria import CRITERIA
 
 DATA_CRITERIA = [n for n in CRITERIA.names() if CRITERIA.get(n).uses_data]
 
 
-def _mlp(seed: int = 0, widths=(64, 48, 32, 10)) -> nn.Sequential:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
-        layers.append(nn.Linear(a, b, bias=False))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+def _mlp(seed: int = 0) -> nn.Sequential:
+    """The issue's bias-free ReLU MLP, 64-48-32-10."""
+    return mlp(widths=(64, 48, 32, 10), seed=seed)
 
 
 def _cnn(seed: int = 0) -> nn.Module:

@@ -30,6 +30,7 @@ from ..masks import Mask, state_hash
 from ..registry import Registry
 from ..selection import prunable_parameters
 from .errors import UserError
+from .spec import _plain
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -54,14 +55,6 @@ class MakeContext:
     device: torch.device
     observer: Observer
     theta0: str
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
 
 
 class MaskSource:

@@ -356,23 +356,33 @@ def _union(mode, func, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # noq
     return _mark(mode, _binarize(out), 0, None)
 
 
-def product(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
-    """Elementwise products: exponents add, bounds add. In a linearised copy a factor that does
-    not depend on the data is a fixed coefficient (``|c| ** coef_power``), a recorded coefficient
-    is used as it is, and a product of two data-dependent tensors is cut."""
+def _binary_operands(mode, func, args: tuple, kwargs: dict, *, record=None):  # noqa: ANN001, ANN202
+    """The operands of an elementwise binary operation, ``(name, a, b, a tracked, b tracked)``,
+    or ``(result,)`` when the operation is done here: the recording pass (``record(a, b)`` sees
+    the operands), no scaled copy or no tracked operand (run as it is), an in-place target the
+    copy shares with the model (run out of place)."""
     name = _name(func)
     a = args[0] if args else kwargs.get("input")
     b = args[1] if len(args) > 1 else kwargs.get("other")
     if mode.spec.activation == "record":
-        mode.mark_coefficient(a, b)
-        return func(*args, **kwargs)
-    if not mode.scale.active:
-        return func(*args, **kwargs)
-    ta, tb = mode.scale.tracked(a), mode.scale.tracked(b)
+        if record is not None:
+            record(a, b)
+        return (func(*args, **kwargs),)
+    ta, tb = (mode.scale.tracked(a), mode.scale.tracked(b)) if mode.scale.active else (False, False)
     if not (ta or tb):
-        return func(*args, **kwargs)
+        return (func(*args, **kwargs),)
     if is_inplace(name) and a in mode.shared:
-        return out_of_place(mode, func, args, kwargs)
+        return (out_of_place(mode, func, args, kwargs),)
+    return name, a, b, ta, tb
+
+def product(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """Elementwise products: exponents add, bounds add. In a linearised copy a factor that does
+    not depend on the data is a fixed coefficient (``|c| ** coef_power``), a recorded coefficient
+    is used as it is, and a product of two data-dependent tensors is cut."""
+    operands = _binary_operands(mode, func, args, kwargs, record=mode.mark_coefficient)
+    if len(operands) == 1:
+        return operands[0]
+    name, a, b, ta, tb = operands
     if _linearised(mode) and not (ta and tb and mode.spec.activation == "keep"):
         if ta and tb:
             if mode.scale.binary:
@@ -404,18 +414,10 @@ def quotient(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
     """Elementwise quotients: exponents subtract (``__rtruediv__`` is ``other / self``). In a
     linearised copy dividing by a constant is a fixed coefficient; dividing by data is not
     linear (a constant divided by data is an activation, anything else is cut)."""
-    name = _name(func)
-    a = args[0] if args else kwargs.get("input")
-    b = args[1] if len(args) > 1 else kwargs.get("other")
-    if mode.spec.activation == "record":
-        return func(*args, **kwargs)
-    if not mode.scale.active:
-        return func(*args, **kwargs)
-    ta, tb = mode.scale.tracked(a), mode.scale.tracked(b)
-    if not (ta or tb):
-        return func(*args, **kwargs)
-    if is_inplace(name) and a in mode.shared:
-        return out_of_place(mode, func, args, kwargs)
+    operands = _binary_operands(mode, func, args, kwargs)
+    if len(operands) == 1:
+        return operands[0]
+    name, a, b, ta, tb = operands
     if kwargs.get("rounding_mode") is not None:  # floor/trunc division is not homogeneous
         return true_values(mode, func, args, kwargs)
     numerator_tracked = tb if name == "__rtruediv__" else ta
