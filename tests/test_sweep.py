@@ -308,7 +308,7 @@ def test_jobs_run_every_run_once_in_workers_under_their_locks(fmnist, tmp_path, 
     assert held.acquire()
     try:
         code, stdout, err = cli(capsys, "sweep", *GRID, *options(fmnist), "--out", out,
-                                "--jobs", "2")
+                                "--jobs", "2", "--no-wait")
     finally:
         held.release()
     assert code == 1, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -15,6 +16,7 @@ from . import __version__, threshold
 from ._scoped import frozen_state, model_device
 from .batches import Batches
 from .criteria import CRITERIA, Context, Criterion, make_options, non_default_options
+from .criteria.base import Reduce
 from .degenerate import check_scores
 from .masks import Mask, state_hash
 from .paths import output_tensor
@@ -111,12 +113,18 @@ def _setup(
     seed: int,
     options: Mapping[str, Any],
     output: Any = None,
+    reduce: Reduce | None = None,
 ) -> tuple[Criterion, Context]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(criterion, str):
         raise TypeError(
             f"criterion must be a registered name (str), got {type(criterion).__name__}"
+        )
+    if reduce is not None and not callable(reduce):
+        raise TypeError(
+            f"reduce must be a function reduce(tensor, op='sum') such as platform.all_reduce_, "
+            f"got {type(reduce).__name__}"
         )
     cls = CRITERIA.get(criterion)
     options = dict(options)
@@ -162,6 +170,7 @@ def _setup(
         dtype=work,
         cast=cast,
         output=_Index(output) if isinstance(output, int) and not isinstance(output, bool) else output,
+        reduce=reduce,
     )
     crit = cls(opts)
     return crit, ctx
@@ -189,6 +198,51 @@ def _normalise(
             t = t / top if top > 0 else t.clone()
         out[n] = t
     return out
+
+
+def _digest_value(digest: str) -> int:
+    """The first 62 bits of a hex digest: a number that int64 reductions carry exactly."""
+    return int(digest[:16], 16) >> 2
+
+
+def _agree(reduce: Reduce, digest: str, what: str, fix: str, device: torch.device) -> int:
+    """Check that every process holds the same ``digest`` (a max- and a min-reduction); returns
+    the number of processes. A mismatch raises on every process, naming this one's hash."""
+    mine = _digest_value(digest)
+    t = torch.tensor([mine, -mine, 1], dtype=torch.int64, device=device)
+    both = t[:2].clone()
+    reduce(both, op="max")
+    count = t[2:].clone()
+    reduce(count, op="sum")
+    high, low = int(both[0]), -int(both[1])
+    processes = int(count[0])
+    if high != low:
+        raise RuntimeError(
+            f"the {processes} processes hold different {what} (hash of this process {mine:x}, of "
+            f"all from {low:x} to {high:x}): {fix}. Every process raises this error; compare "
+            "their hashes (torchrun prefixes each line with its rank) to see which ranks differ"
+        )
+    return processes
+
+
+def _check_same_model(ctx: Context, digest: str | None = None) -> int:
+    assert ctx.reduce is not None
+    return _agree(
+        ctx.reduce, digest or state_hash(ctx.model), "models (theta_0)",
+        "every process must build the same model (same seed) and pass its own shard of one split",
+        ctx.device,
+    )
+
+
+def mask_hash(mask: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of a mask's names and bits (names sorted)."""
+    h = hashlib.sha256()
+    for n in sorted(mask):
+        t = mask[n].detach().to(torch.uint8).cpu().contiguous()
+        h.update(n.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def _mask_dict(
@@ -225,6 +279,7 @@ def score(
     exclude: Any = None,
     output: Any = None,
     seed: int = 0,
+    reduce: Reduce | None = None,
     **options: Any,
 ) -> dict[str, torch.Tensor]:
     """Scores of every prunable weight under ``criterion`` ("higher keeps"): float32 tensors of each
@@ -232,11 +287,19 @@ def score(
 
     ``batches``: see ``pxprune.batches`` (a list of batches, a tensor, an ``(x, y)`` pair, a Dataset
     or a DataLoader without shuffling). ``include``/``exclude``: names, fnmatch patterns or module
-    types. ``output``: which tensor of the model's output to score (a key, an index or a function)."""
+    types. ``output``: which tensor of the model's output to score (a key, an index or a function).
+
+    ``reduce``: several processes score together, each passing its own shard of the split and
+    the same model, mask and options; ``reduce(tensor, op="sum")`` reduces a tensor in place
+    across them ("sum" or "max"), e.g. ``pxprune.platform.from_environment().all_reduce_``. Every
+    process then gets the scores of the whole split (to float rounding). A process whose model
+    differs raises ``RuntimeError``."""
     crit, ctx = _setup(
         model, criterion, batches, include=include, exclude=exclude, seed=seed, options=options,
-        output=output,
+        output=output, reduce=reduce,
     )
+    if reduce is not None:
+        _check_same_model(ctx)
     current = _mask_dict(mask, ctx.params)
     with frozen_state(ctx.model):
         crit.setup(ctx)
@@ -258,6 +321,7 @@ def prune(
     output: Any = None,
     seed: int = 0,
     progress: ProgressFn | bool | None = None,
+    reduce: Reduce | None = None,
     **options: Any,
 ) -> Mask:
     """Prune ``model`` at initialisation: returns a :class:`Mask`; the model is never modified.
@@ -268,17 +332,22 @@ def prune(
     ``batches``, ``include``/``exclude`` and ``output`` are as in :func:`score`. The mask's
     metadata states what was covered (``coverage``), and a warning names the weight tensors that
     were not.
+
+    ``reduce``: distributed pruning, as in :func:`score`; thresholding then runs identically in
+    every process, and the final masks are checked to be identical (``RuntimeError`` if not).
+    ``split_hash`` is then the hash of this process's shard, and ``processes`` their number.
     """
     s = threshold.resolve_sparsity(sparsity, density)
     threshold.check_scope(scope)
     crit, ctx = _setup(
         model, criterion, batches, include=include, exclude=exclude, seed=seed, options=options,
-        output=output,
+        output=output, reduce=reduce,
     )
+    theta0 = state_hash(ctx.model)
+    processes = _check_same_model(ctx, theta0) if reduce is not None else None
     rounds = threshold.check_rounds(crit.default_rounds if rounds is None else rounds)
     current = {n: torch.ones_like(p, dtype=torch.bool) for n, p in ctx.params.items()}
     goals = threshold.targets(current, s, rounds, scope)
-    theta0 = state_hash(ctx.model)
     start = time.perf_counter()
     bar = None
     if progress is True:
@@ -302,6 +371,10 @@ def prune(
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - start
+    if reduce is not None:
+        _agree(reduce, mask_hash(current), "masks",
+               "the scores differed between processes (nondeterministic kernels, or inputs that are "
+               "not one split's shards)", ctx.device)
     input_size = ctx.input_size
     if input_size is None and ctx.batches is not None:
         input_size = ctx.batches.first_shape()
@@ -323,6 +396,8 @@ def prune(
         "versions": {"pxprune": __version__, "torch": torch.__version__},
         "coverage": covered.as_dict(),
     }
+    if processes is not None:
+        meta["processes"] = processes
     mask = Mask(current, metadata=meta)
     empty = mask.empty_layers()
     if input_size is not None:

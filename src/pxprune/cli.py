@@ -6,7 +6,7 @@ draws progress bars and configures logging.
     pxprune train --mask FILE [...]            train a saved mask from its theta_0
     pxprune eval  --run DIR                    test accuracy of a run folder's network
     pxprune demo  [--out runs/demo]            px, random and dense with the demo recipe
-    pxprune sweep --criteria LIST --sparsities LIST --seeds LIST --out DIR [--jobs N] [...]
+    pxprune sweep --criteria LIST --sparsities LIST --seeds LIST --out DIR [--jobs N | --devices LIST] [...]
     pxprune report DIR                         tables and figures of a sweep
     pxprune ntk   --run DIR | --mask FILE      the empirical NTK at initialisation
     pxprune list  criteria|models|datasets|recipes
@@ -299,34 +299,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import time
 
-    from .experiment import DEFAULT_RECIPE, Flags, resolve_config
+    from .experiment import DEFAULT_RECIPE, Flags, UserError, resolve_config
     from .experiment.data import config_task
     from .experiment.run import resolve_device
-    from .experiment.sweep import make_sweep, prepare, record_failures, run_sweep
+    from .experiment.sweep import (
+        make_sweep,
+        parse_devices,
+        prepare,
+        ran_where,
+        record_failures,
+        run_sweep,
+    )
 
-    if args.jobs < 1:
-        from .experiment import UserError
-
+    if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    devices = None
+    if args.devices is not None:
+        devices = parse_devices(args.devices)
+        if args.device != "auto":
+            raise UserError("give --device (every run) or --devices (one per worker), not both")
+        if args.jobs is not None and args.jobs != len(devices):
+            raise UserError(f"--jobs {args.jobs} disagrees with the {len(devices)} workers of "
+                            "--devices; --devices alone sets one worker per device")
+    jobs = len(devices) if devices else (args.jobs or 1)
     base = resolve_config(args.recipe, _sets(args), Flags(rounds=args.rounds, epochs=args.epochs))
     sweep = make_sweep(base, args.out, criteria=args.criteria, sparsities=args.sparsities,
                        seeds=args.seeds, run_options={
                            "recipe": args.recipe or DEFAULT_RECIPE, "set": _sets(args),
                            "rounds": args.rounds, "epochs": args.epochs})
-    device = resolve_device(args.device)
+    device = resolve_device(args.device) if devices is None else None
     plans = prepare(sweep, extend=args.extend)
     runs = [run for run, _ in plans]
     before = sum(p.state == "finished" for _, p in plans)
     todo = len(runs) - before
     _note(args, f"sweep {sweep.out}: {len(runs)} runs, {before} already finished, {todo} to "
-                f"do" + (f" in {min(args.jobs, todo)} processes" if args.jobs > 1 and todo > 1
-                         else ""))
+                f"do" + (f" in {min(jobs, todo)} processes" if jobs > 1 and todo > 1 else "")
+                + (f" on {','.join(devices)}" if devices else ""))
     started = [0]
     ended = [0]
 
     def on_start(run) -> None:
         started[0] += 1
-        if args.jobs == 1:
+        if jobs == 1:
             _note(args, f"sweep {started[0]}/{todo}: {run.name} -> {run.out}")
 
     def on_end(outcome) -> None:
@@ -341,21 +355,31 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         elif outcome.status == "failed":
             _note(args, f"sweep [{ended[0]}/{todo}] {name}: FAILED: {outcome.message}")
         elif outcome.status == "locked":
-            _note(args, f"sweep [{ended[0]}/{todo}] {name}: skipped, another process runs it "
+            ended[0] -= 1  # visited again at the end
+            _note(args, f"sweep {name}: skipped, another process runs it ({outcome.message}); "
+                        "coming back to it at the end")
+        elif outcome.status == "elsewhere":
+            _note(args, f"sweep [{ended[0]}/{todo}] {name}: finished by another process "
                         f"({outcome.message})")
         else:
             _note(args, f"sweep [{ended[0]}/{todo}] {name}: already finished")
 
     start = time.perf_counter()
-    result = run_sweep(runs, jobs=args.jobs, device=device,
+    def on_wait(held) -> None:
+        _note(args, f"sweep: waiting for {len(held)} run(s) held by other processes: "
+                    + ", ".join(r.name for r in held))
+
+    result = run_sweep(runs, jobs=jobs, device=device, devices=devices, wait=not args.no_wait,
                        observer=lambda run: _observer(args, run.name, run.out),
-                       on_start=on_start, on_end=on_end)
+                       on_start=on_start, on_end=on_end, on_wait=on_wait)
     failed, locked = result.where("failed"), result.where("locked")
-    done = result.where("done")
+    done, elsewhere = result.where("done"), result.where("elsewhere")
     print(sweep.out)
     print(_table(["runs", "finished before", "done now", "failed", "run elsewhere", "seconds"],
-                 [[len(runs), len(runs) - len(done) - len(failed) - len(locked), len(done),
-                   len(failed), len(locked), f"{time.perf_counter() - start:.0f}"]]))
+                 [[len(runs), len(result.where("finished")), len(done), len(failed),
+                   len(elsewhere) + len(locked), f"{time.perf_counter() - start:.0f}"]]))
+    if done or elsewhere:
+        print(_table(["run", "where"], [[o.run.name, ran_where(o.run)] for o in done + elsewhere]))
     if failed:
         log_file = record_failures(sweep.out, failed)
         print(f"pxprune: sweep: {len(failed)} run(s) failed (tracebacks in {log_file}); "
@@ -590,9 +614,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pruning rounds for every criterion (default: each criterion's own)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="the sweep folder: DIR/<criterion>/<sparsity>/seed<k>/ and sweep.json")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=int, metavar="N",
                    help="runs at once in N worker processes, each with cores // N threads "
                         "(default: 1, in this process)")
+    p.add_argument("--devices", metavar="LIST",
+                   help="one worker process per device, e.g. cuda:0,cuda:1 or cpu,cpu "
+                        "(sets the number of workers; instead of --device)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="runs held by another sweep process on DIR are reported, not waited for")
     p.add_argument("--extend", action="store_true",
                    help="DIR holds a sweep of the same base configuration: add this grid to it "
                         "(run only what is missing) instead of refusing")

@@ -5,8 +5,8 @@ scope live in ``pxprune.threshold``. Each criterion is a class registered by nam
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -14,6 +14,13 @@ from torch import nn
 from ..batches import Batches
 from ..registry import Registry
 from ..selection import ALL_KINDS
+
+if TYPE_CHECKING:
+    from ..paths import ScaledSum
+
+Reduce = Callable[..., Any]
+"""``reduce(tensor, op="sum")``: reduces ``tensor`` in place across processes, ``op`` "sum" or "max"
+(``pxprune.platform.Platform.all_reduce_`` is one)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +83,44 @@ class Context:
     dtype: torch.dtype = torch.float32
     cast: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
     output: Any = None
+    reduce: Reduce | None = None
+
+    def all_sum_(self, *tensors: torch.Tensor) -> None:
+        """Sum each tensor in place across processes (one reduction for tensors of one dtype)."""
+        if self.reduce is None or not tensors:
+            return
+        if len({t.dtype for t in tensors}) > 1 or len(tensors) == 1:
+            for t in tensors:
+                self._reduce_into(t)
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        self.reduce(flat, op="sum")
+        start = 0
+        for t in tensors:
+            t.copy_(flat[start : start + t.numel()].view_as(t))
+            start += t.numel()
+
+    def _reduce_into(self, t: torch.Tensor) -> None:
+        assert self.reduce is not None
+        if t.is_contiguous():
+            self.reduce(t, op="sum")
+        else:
+            c = t.contiguous()
+            self.reduce(c, op="sum")
+            t.copy_(c)
+
+    def global_count(self, count: int) -> int:
+        """``count`` summed over processes (e.g. the samples of the whole split)."""
+        if self.reduce is None:
+            return count
+        t = torch.tensor([count], dtype=torch.int64, device=self.device)
+        self.reduce(t, op="sum")
+        return int(t.item())
+
+    def all_sum_scaled(self, total: ScaledSum) -> None:
+        """Sum a :class:`pxprune.paths.ScaledSum` across processes (see ``ScaledSum.reduce_``)."""
+        if self.reduce is not None:
+            total.reduce_(self.reduce)
 
     def output_of(self, out: Any) -> torch.Tensor:
         from ..paths import output_tensor

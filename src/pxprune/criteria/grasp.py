@@ -81,4 +81,5 @@ class GraSP(Criterion):
                                   strict=True):
                     if h is not None:
                         acc += h
+            ctx.all_sum_(*hg)  # the other processes' shards; count is already the global one
         return {n: w.detach() * h / count for (n, w), h in zip(leaves.items(), hg, strict=True)}

@@ -167,7 +167,8 @@ class NTKSAP(Criterion):
             for _ in ctx.batches:
                 pass
         assert ctx.batches.num_samples is not None
-        return ctx.batches.num_samples
+        # several processes: the whole split's size (every process then draws the same noise)
+        return ctx.global_count(ctx.batches.num_samples)
 
     def _normal(self, shape: tuple[int, ...]) -> torch.Tensor:
         t = torch.empty(shape, dtype=self.dtype, device=self.device)

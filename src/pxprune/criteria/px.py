@@ -255,8 +255,9 @@ class PX(Criterion):
 
         Each chunk's output ``out`` stands for ``out * 2**e``; its sum over samples is taken
         outside the copy, so it carries the same exponent, and ``ScaledSum`` adds the chunks
-        exactly. (Summing inside the copy would be a tracked, renormalising operation whose
-        result has an exponent of its own.)
+        exactly (then the other processes' sums, when several score together: ``ctx.reduce``).
+        (Summing inside the copy would be a tracked, renormalising operation whose result has an
+        exponent of its own.)
         """
         real, _ = self._tensors("real", mf, ctx)
         data, _ = self._tensors("data", mf, ctx)
@@ -270,6 +271,7 @@ class PX(Criterion):
                     ctx.model(mode.track(x))
                 out, e = self._data_pass(ctx, data, tape, x, keep)
             total.add(out.sum(0), e)
+        ctx.all_sum_scaled(total)  # the other processes' shards of the split
         acc = total.mantissa
         assert acc is not None
         m = float(acc.abs().max())

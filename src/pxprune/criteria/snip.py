@@ -101,8 +101,9 @@ def mean_loss_gradient(
     ctx: Context, leaves: Sequence[torch.Tensor], *, criterion: str, temperature: float = 1.0
 ) -> tuple[list[torch.Tensor], int]:
     """dL/d(leaves) for L the mean cross-entropy over the whole split, accumulated micro-batch by
-    micro-batch (call inside :func:`train_mode_pass`). Returns the detached gradients and the
-    number of loss terms N."""
+    micro-batch (call inside :func:`train_mode_pass`) and over the processes' shards when several
+    score together. Returns the detached gradients and the number of loss terms N (of the whole
+    split)."""
     total = [torch.zeros_like(t, requires_grad=False) for t in leaves]
     count = 0
     for x, y in ctx.batches:
@@ -115,6 +116,8 @@ def mean_loss_gradient(
             for acc, g in zip(total, grads, strict=True):
                 if g is not None:
                     acc += g
+    ctx.all_sum_(*total)  # the other processes' shards: the mean is over the whole split
+    count = ctx.global_count(count)
     if count == 0:
         raise ValueError(
             f"criterion {criterion!r}: every target is ignored (255), so the loss is undefined; "

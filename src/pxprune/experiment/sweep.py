@@ -12,6 +12,12 @@ Several worker processes (``jobs``) take runs from one queue; each run holds an 
 lock (``filelock``) on ``<out>/.locks/<criterion>/<sparsity>/seed<k>.lock`` while it executes, so
 two sweeps started on the same folder never run the same cell twice. The operating system drops
 the lock of a process that dies, so a lock left by a dead process is simply taken over.
+
+``devices`` gives each worker its own device (``cuda:0,cuda:1``). Several sweep processes, on one
+machine or on several sharing the folder, split a grid through the same locks: a process skips a
+run another one holds and comes back to it at the end, waiting for it to end (or, with
+``wait=False``, reporting it as held). Every run executed leaves a record of where it ran (host,
+PID, device) in ``<out>/.locks/<criterion>/<sparsity>/seed<k>.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import socket
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +42,7 @@ from .demo import demo_config
 from .errors import UserError
 from .files import read_json, write_json
 from .folder import METRICS
-from .run import Observer, Plan, execute, plan, run_label
+from .run import Observer, Plan, execute, plan, resolve_device, run_label
 from .sources import DENSE
 from .spec import parse_criterion, sparsity_label, split_top_level
 
@@ -310,9 +317,12 @@ def check_sweep_file(sweep: Sweep, *, extend: bool = False) -> dict[str, Any] | 
     existing = read_sweep_file(out)
     new = sweep.to_json()
     if existing is None:
-        if out.is_dir() and any(p.name != LOCK_DIR for p in out.iterdir()):
+        if not (out.is_dir() and any(p.name != LOCK_DIR and not p.name.startswith(f".{SWEEP_FILE}.")
+                                     for p in out.iterdir())):
+            return new
+        existing = read_sweep_file(out)  # another sweep process on this folder may just have written it
+        if existing is None:
             raise UserError(f"{out} is not empty and holds no {SWEEP_FILE}; choose another --out")
-        return new
     if any(_same_grid(part, new) for part in grid_parts(existing)) and not _base_difference(
             existing, new):
         return None
@@ -396,10 +406,72 @@ def lock_path(run: SweepRun) -> Path:
         f"seed{run.seed}.lock"
 
 
+def record_path(run: SweepRun) -> Path:
+    """``<sweep>/.locks/<criterion>/<sparsity>/seed<k>.json``: where the run was executed."""
+    return lock_path(run).with_suffix(".json")
+
+
+def write_record(run: SweepRun, status: str, device: Any, seconds: float) -> None:
+    """Record which host, process and device executed ``run`` (best effort: never raises)."""
+    try:
+        where = str(resolve_device(device))
+    except Exception:  # noqa: BLE001 - a bad device is the run's failure, reported elsewhere
+        where = str(device)
+    try:
+        write_json(record_path(run), {
+            "run": run.name, "status": status, "host": socket.gethostname(),
+            "pid": os.getpid(), "device": where, "seconds": round(seconds, 3),
+            "ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except OSError:
+        pass
+
+
+def read_record(run: SweepRun) -> dict[str, Any] | None:
+    """The record :func:`write_record` left for ``run`` (None when absent or unreadable)."""
+    try:
+        data = read_json(record_path(run))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def ran_where(run: SweepRun) -> str:
+    """``host pid 123 on cuda:1`` from the run's record, or ``unknown``."""
+    r = read_record(run)
+    if r is None:
+        return "unknown"
+    return f"{r.get('host', '?')} pid {r.get('pid', '?')} on {r.get('device', '?')}"
+
+
+def parse_devices(text: str) -> tuple[str, ...]:
+    """``"cuda:0,cuda:1"`` -> ("cuda:0", "cuda:1"): one sweep worker per device (repeats allowed:
+    ``cpu,cpu`` is two workers on the CPU). Only ``cpu`` and ``cuda[:N]`` of a present GPU."""
+    import torch
+
+    devices: list[str] = []
+    for item in (t.strip() for t in str(text).split(",")):
+        try:
+            dev = torch.device(item)
+        except (RuntimeError, ValueError):
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda"):
+            raise UserError(f"bad device {item!r} in --devices; give e.g. cuda:0,cuda:1 or cpu,cpu")
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise UserError(f"--devices names {item}, but no CUDA GPU is available; give cpu")
+            count = torch.cuda.device_count()
+            if dev.index is not None and dev.index >= count:
+                raise UserError(f"--devices names {item}, but only {count} GPU(s) are visible "
+                                f"(cuda:0 to cuda:{count - 1})")
+        devices.append(str(dev))
+    return tuple(devices)
+
+
 # ------------------------------------------------------------------------------ running
 @dataclasses.dataclass
 class Outcome:
-    """How one run ended: ``done`` (executed now), ``finished`` (already finished), ``failed``
+    """How one run ended: ``done`` (executed now), ``finished`` (already finished),
+    ``elsewhere`` (finished by another process meanwhile; ``message``: where), ``failed``
     (``message``, ``details``: the traceback) or ``locked`` (``message``: the holder's PID)."""
 
     run: SweepRun
@@ -419,7 +491,7 @@ class SweepResult:
 
     @property
     def ok(self) -> bool:
-        return all(o.status in ("done", "finished") for o in self.outcomes)
+        return all(o.status in ("done", "finished", "elsewhere") for o in self.outcomes)
 
 
 def execute_run(p: Plan, *, device: Any = None, observer: Observer | None = None) -> Any:
@@ -428,8 +500,9 @@ def execute_run(p: Plan, *, device: Any = None, observer: Observer | None = None
 
 
 def run_one(run: SweepRun, *, device: Any = None, observer: Observer | None = None) -> Outcome:
-    """Lock the run's folder, plan it again (another process may have advanced it), execute.
-    A failure is returned, not raised (KeyboardInterrupt and SystemExit still propagate)."""
+    """Lock the run's folder, plan it again (another process may have advanced or finished it:
+    ``elsewhere``), execute and record where. A failure is returned, not raised
+    (KeyboardInterrupt and SystemExit still propagate)."""
     start = time.perf_counter()
     lock = RunLock(lock_path(run))
     try:
@@ -438,8 +511,13 @@ def run_one(run: SweepRun, *, device: Any = None, observer: Observer | None = No
         try:
             p = plan(run.config, run.out)
             if p.state == "finished":
-                return Outcome(run, "finished", metrics=p.metrics)
-            metrics = execute_run(p, device=device, observer=observer)
+                return Outcome(run, "elsewhere", metrics=p.metrics, message=ran_where(run))
+            try:
+                metrics = execute_run(p, device=device, observer=observer)
+            except Exception:
+                write_record(run, "failed", device, time.perf_counter() - start)
+                raise
+            write_record(run, "done", device, time.perf_counter() - start)
             return Outcome(run, "done", metrics=metrics, seconds=time.perf_counter() - start)
         finally:
             lock.release()
@@ -461,16 +539,32 @@ def run_sweep(
     *,
     jobs: int = 1,
     device: Any = None,
+    devices: Sequence[Any] | None = None,
+    wait: bool = True,
+    poll: float = 1.0,
     observer: Callable[[SweepRun], Observer] | None = None,
     on_start: Callable[[SweepRun], None] | None = None,
     on_end: Callable[[Outcome], None] | None = None,
+    on_wait: Callable[[list[SweepRun]], None] | None = None,
     start_method: str | None = None,
 ) -> SweepResult:
-    """Execute ``runs`` (skipping finished ones) in this process (``jobs=1``, with the
-    ``observer(run)`` of each) or in ``jobs`` worker processes with ``max(1, cores // jobs)``
-    torch threads each. Failed runs are reported in the result; the others go on."""
-    if jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    """Execute ``runs`` (skipping finished ones) in this process (one worker, with the
+    ``observer(run)`` of each) or in worker processes with ``max(1, cores // workers)`` torch
+    threads each: ``jobs`` workers on ``device``, or one worker per entry of ``devices``.
+    Failed runs are reported in the result; the others go on.
+
+    Runs held by another process (``locked``) are visited again at the end: finished there,
+    they become ``elsewhere``; released unfinished, they run here; still held, this waits
+    (``on_wait`` is told once, then the locks are polled every ``poll`` seconds) unless
+    ``wait`` is False, and they stay ``locked``."""
+    if devices is not None:
+        devices = list(devices)
+        if not devices:
+            raise UserError("--devices names no device")
+    else:
+        if jobs < 1:
+            raise UserError(f"--jobs must be at least 1, got {jobs}")
+        devices = [device] * jobs
     outcomes: dict[int, Outcome] = {}
     todo = []
     for i, run in enumerate(runs):
@@ -478,18 +572,53 @@ def run_sweep(
             outcomes[i] = Outcome(run, "finished")
         else:
             todo.append(i)
-    if jobs == 1 or len(todo) <= 1:
-        for i in todo:
-            if on_start:
-                on_start(runs[i])
-            outcomes[i] = run_one(runs[i], device=device,
-                                  observer=observer(runs[i]) if observer else None)
-            if on_end:
-                on_end(outcomes[i])
-    else:
-        _run_pool(runs, todo, outcomes, jobs=jobs, device=device, on_start=on_start,
-                  on_end=on_end, start_method=start_method or START_METHOD)
+
+    def batch(indices: list[int]) -> None:
+        if len(devices) == 1 or len(indices) <= 1:
+            for i in indices:
+                if on_start:
+                    on_start(runs[i])
+                outcomes[i] = run_one(runs[i], device=devices[0],
+                                      observer=observer(runs[i]) if observer else None)
+                if on_end:
+                    on_end(outcomes[i])
+        else:
+            _run_pool(runs, indices, outcomes, devices=devices, on_start=on_start,
+                      on_end=on_end, start_method=start_method or START_METHOD)
+
+    batch(todo)
+    told = False
+    while True:
+        held = [i for i in todo if outcomes[i].status == "locked"]
+        if not held:
+            break
+        retry = []
+        for i in held:
+            if (runs[i].out / METRICS).is_file():
+                outcomes[i] = Outcome(runs[i], "elsewhere", message=ran_where(runs[i]))
+                if on_end:
+                    on_end(outcomes[i])
+            elif _lock_free(runs[i]):
+                retry.append(i)
+        if retry:
+            batch(retry)
+            continue
+        still = [runs[i] for i in held if outcomes[i].status == "locked"]
+        if not still or not wait:
+            break
+        if not told and on_wait:
+            on_wait(still)
+            told = True
+        time.sleep(poll)
     return SweepResult([outcomes[i] for i in range(len(runs))])
+
+
+def _lock_free(run: SweepRun) -> bool:
+    lock = RunLock(lock_path(run))
+    if not lock.acquire():
+        return False
+    lock.release()
+    return True
 
 
 def _worker_main(tasks: Any, results: Any, threads: int, device: Any) -> None:
@@ -521,25 +650,28 @@ def _get(results: Any, timeout: float) -> Any:
 
 
 def _run_pool(runs: Sequence[SweepRun], todo: list[int], outcomes: dict[int, Outcome], *,
-              jobs: int, device: Any, on_start: Callable[[SweepRun], None] | None,
+              devices: Sequence[Any], on_start: Callable[[SweepRun], None] | None,
               on_end: Callable[[Outcome], None] | None, start_method: str) -> None:
     ctx = multiprocessing.get_context(start_method)
-    threads = max(1, cpu_cores() // jobs)
+    threads = max(1, cpu_cores() // len(devices))
     # results: a SimpleQueue writes synchronously, so a worker that dies right after saying which run
     # it started has still said it (a Queue's feeder thread could lose that message)
     tasks, results = ctx.Queue(), ctx.SimpleQueue()
-    workers_n = min(jobs, len(todo))
+    workers_n = min(len(devices), len(todo))
     for i in todo:
         tasks.put((i, runs[i]))
     for _ in range(workers_n):
         tasks.put(None)
 
-    def spawn() -> Any:
+    device_of: dict[Any, Any] = {}  # worker -> its device (a replacement gets the same one)
+
+    def spawn(device: Any) -> Any:
         w = ctx.Process(target=_worker_main, args=(tasks, results, threads, device), daemon=True)
         w.start()
+        device_of[w] = device
         return w
 
-    workers = [spawn() for _ in range(workers_n)]
+    workers = [spawn(devices[k]) for k in range(workers_n)]
     running: dict[int, int] = {}  # worker pid -> index of its run
     pending = set(todo)
     respawns = len(todo)
@@ -587,7 +719,7 @@ def _run_pool(runs: Sequence[SweepRun], todo: list[int], outcomes: dict[int, Out
                         f"its worker process died (exit code {w.exitcode})")))
                 if w.exitcode != 0 and respawns > 0 and pending:
                     respawns -= 1
-                    workers.append(spawn())  # the dead one left its end marker queued
+                    workers.append(spawn(device_of[w]))  # the dead one left its end marker queued
             if not workers:
                 drain()
                 for index in sorted(pending):

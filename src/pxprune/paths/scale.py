@@ -250,6 +250,9 @@ def make_scaling(kind: str, *, lazy: bool = False) -> Scaling:
     return Scaling()
 
 
+_NO_EXPONENT = -(2**62)
+
+
 class ScaledSum:
     """An exact running sum of scaled tensors ``t * 2**e`` (e.g. PX's data term over chunks)."""
 
@@ -273,3 +276,24 @@ class ScaledSum:
         top = max(self.exponent, e)
         self.mantissa = ldexp(self.mantissa, self.exponent - top) + ldexp(t, e - top)
         self.exponent = top
+
+    def reduce_(self, reduce: Any) -> None:
+        """Sum across processes in place: ``reduce(tensor, op)`` reduces a tensor in place over
+        every process. The largest exponent is agreed on first (a max-reduction), each mantissa is
+        rescaled to it (exact powers of two), then the mantissas are summed: the same arithmetic
+        as :meth:`add`, so no process's share overflows or is lost to another's exponent. Every
+        process must hold at least one term."""
+        if self.mantissa is None:
+            raise ValueError("an empty ScaledSum cannot be reduced: every process needs data")
+        empty = abs_max(self.mantissa) == 0  # its exponent means nothing: it must not win the max
+        e = torch.tensor([_NO_EXPONENT if empty else self.exponent], dtype=torch.int64,
+                         device=self.mantissa.device)
+        reduce(e, op="max")
+        top = int(e.item())
+        if top == _NO_EXPONENT:  # zero everywhere
+            return
+        m = self.mantissa.clone() if empty else ldexp(self.mantissa, self.exponent - top)
+        if m is self.mantissa:
+            m = m.clone()
+        reduce(m, op="sum")
+        self.mantissa, self.exponent = m, top
