@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,7 +45,9 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------------ output
 def _fail(message: str) -> int:
     text = " ".join(str(message).split())
-    print(f"pxprune: error: {text}", file=sys.stderr, flush=True)
+    rank = os.environ.get("RANK") if "LOCAL_RANK" in os.environ else None
+    where = f" (process {rank})" if rank not in (None, "0") else ""
+    print(f"pxprune: error{where}: {text}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 
 
@@ -177,7 +180,6 @@ def _sets(args: argparse.Namespace) -> list[str]:
 
 def _run_or_prune(args: argparse.Namespace, mode: str) -> int:
     from .experiment import plan, resolve_config, run_label
-    from .experiment.run import resolve_device
 
     config = resolve_config(args.recipe, _sets(args), _flags(args))
     from .experiment.sources import source_for
@@ -190,20 +192,58 @@ def _run_or_prune(args: argparse.Namespace, mode: str) -> int:
             f"`pxprune prune` prunes without training, but {name} masks are found by training: "
             f"use `pxprune run --criterion {name} ...` (same options)"
         )
-    device = resolve_device(args.device)
+    device = _device_or_platform(args)
     p = plan(config, args.out, mode=mode)
     return _execute(args, p, run_label(config), device)
 
 
-def _execute(args: argparse.Namespace, p, label: str, device) -> int:
-    from .experiment import execute
+def _device_or_platform(args: argparse.Namespace):  # noqa: ANN202
+    """The device of a single-process command, or, under torchrun, this process's platform
+    (the process group is started here; non-primary processes draw no progress)."""
+    from . import platform as platforms
+    from .experiment.run import resolve_device
 
+    if not platforms.launched():
+        return resolve_device(args.device)
+    from .experiment import UserError
+
+    resolve_device(args.device)  # a bad name, or cuda without a GPU, is the user's error
+    try:
+        platform = platforms.from_environment(args.device)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"this process of the torchrun job could not start: {err}") from None
+    if not platform.is_primary:
+        args.quiet = True
+    return platform
+
+
+def _execute(args: argparse.Namespace, p, label: str, device) -> int:
+    from .experiment import UserError, execute
+    from .platform import Platform, close
+
+    platform = device if isinstance(device, Platform) else None
     if p.state == "finished":
         _note(args, f"{p.out}: already finished, nothing to do")
     from .experiment.data import config_task
 
     task = config_task(p.config)
-    metrics = execute(p, observer=_observer(args, label, p.out, task), device=device)
+    if platform is None:
+        metrics = execute(p, observer=_observer(args, label, p.out, task), device=device)
+    else:
+        # every process has read the folder before the primary writes, and read the same
+        states = platform.all_gather_object((p.state, str(p.out)))
+        if len({state for state, _ in states}) > 1:
+            close(platform)
+            seen = ", ".join(f"process {i}: {s} {o}" for i, (s, o) in enumerate(states))
+            raise UserError(f"the processes of this job see the run folder differently ({seen}); "
+                            "put --out on a file system that every machine shares")
+        try:
+            metrics = execute(p, observer=_observer(args, label, p.out, task),
+                              platform=platform)
+        finally:
+            close(platform)
+        if not platform.is_primary:
+            return 0
     print(p.out)
     if p.mode == "prune":
         mask = p.mask
@@ -235,7 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_label,
         train_config_for_mask,
     )
-    from .experiment.run import read_config_dict, resolve_device
+    from .experiment.run import read_config_dict
 
     mask_file = Path(args.mask)
     mask = load_mask(mask_file)
@@ -245,9 +285,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         base = read_config_dict(beside, "; give --recipe")
     config = resolve_config(args.recipe, _sets(args), _flags(args), base=base)
     config = train_config_for_mask(config, mask, seed=args.seed)
-    device = resolve_device(args.device)
+    device = _device_or_platform(args)
     p = plan(config, args.out, mode="train", mask=mask, mask_file=mask_file)
     return _execute(args, p, run_label(config), device)
+
+
+DISTRIBUTED = (cmd_run, cmd_prune, cmd_train)
+"""The commands that run under torchrun, one process per GPU."""
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -689,6 +733,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_plugins()
     except PluginError as err:
         return _fail(str(err))
+    from .platform import launched
+
+    if launched() and args.func not in DISTRIBUTED:
+        return _fail(f"`pxprune {args.command}` runs in one process; start it without torchrun "
+                     "(torchrun runs `pxprune run`, `prune` and `train`)")
     try:
         return args.func(args)
     except UserError as err:

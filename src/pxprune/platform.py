@@ -83,7 +83,25 @@ SINGLE = Platform()
 def _device(device: str | torch.device, local_rank: int) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:  # one GPU per process: the local one
+        return torch.device("cuda", local_rank)
+    return dev
+
+
+def launched() -> bool:
+    """Whether this process was started by ``torchrun`` (or another launcher that sets RANK,
+    WORLD_SIZE and LOCAL_RANK)."""
+    return all(k in os.environ for k in _ENV)
+
+
+def close(platform: Platform) -> None:
+    """End the process group :func:`from_environment` started (nothing for one process)."""
+    if platform.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def from_environment(device: str | torch.device = "auto", *, init_method: str | None = None) -> Platform:
@@ -91,7 +109,7 @@ def from_environment(device: str | torch.device = "auto", *, init_method: str | 
     initialises ``torch.distributed`` (nccl on CUDA, gloo on the CPU; ``init_method`` defaults to
     torchrun's ``env://``) unless already done, and selects the local GPU; otherwise it returns
     the single-process platform on ``device`` ("auto": the GPU if there is one)."""
-    if not all(k in os.environ for k in _ENV):
+    if not launched():
         dev = _device(device, 0)
         return SINGLE if dev == SINGLE.device else dataclasses.replace(SINGLE, device=dev)
     import torch.distributed as dist

@@ -90,7 +90,9 @@ class PruneConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """``train.*``: SGD and its schedule (``step``: x0.1 at each milestone epoch; ``cosine``: to 0
-    over all steps), mixed precision, and the re-initialisation sanity check."""
+    over all steps), mixed precision, and the re-initialisation sanity check. ``batch_size`` is
+    the global batch (split over the processes of a ``torchrun`` job); ``sync_bn`` synchronises
+    BatchNorm statistics across those processes (CUDA only; no effect in one process)."""
 
     epochs: int = _field(2, "int")
     batch_size: int = _field(128, "int")
@@ -102,6 +104,7 @@ class TrainConfig:
     milestones: tuple[int, ...] = _field((), "ints")
     amp: str = _field("auto", "str", choices=AMP_MODES)
     reinit: bool = _field(False, "bool")
+    sync_bn: bool = _field(False, "bool", since=True)
 
 
 SECTIONS: dict[str, type] = {

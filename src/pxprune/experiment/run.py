@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..masks import Mask
+from ..platform import SINGLE, Platform
 from ..selection import prunable_parameters
 from ..train.loop import default_workers, evaluate, make_loader, resolve_amp
 from .config import RunConfig, with_prune
@@ -195,13 +196,28 @@ def _check_mask(mask: Mask | None, model: torch.nn.Module, theta0: str, where: s
 
 # ------------------------------------------------------------------------------ execution
 def execute(p: Plan, *, observer: Observer | None = None,
-            device: str | torch.device | None = None) -> dict[str, Any] | None:
-    """Carry out a :func:`plan`; returns metrics.json's content (None for ``prune``)."""
+            device: str | torch.device | None = None,
+            platform: Platform = SINGLE) -> dict[str, Any] | None:
+    """Carry out a :func:`plan`; returns metrics.json's content (None for ``prune``).
+
+    ``platform``: one of several processes (``torchrun``; every process plans, then meets the
+    others at a barrier, then executes). They score together, each on its part of the pruning
+    split, and agree on one mask; they train data-parallel; only the primary writes files."""
     if p.state == "finished":
         return p.metrics
     obs = observer or Observer()
     config, folder, source = p.config, RunFolder(p.out), p.source
-    device = resolve_device(device)
+    device = platform.device if platform.distributed else resolve_device(device)
+    world = platform.world_size
+    if config.train.batch_size % world and p.mode != "prune":
+        raise UserError(
+            f"train.batch_size {config.train.batch_size} is the global batch and does not split "
+            f"evenly over {world} processes; use a multiple of {world} "
+            f"(--set train.batch_size={max(world, config.train.batch_size // world * world)})")
+    if world > 1 and p.state == "new" and not source.data_parallel:
+        raise UserError(f"criterion {config.prune.criterion} trains to make its mask in one "
+                        "process; run it without torchrun")
+    writes = platform.is_primary
     need_train = p.mode != "prune" or (source.trains and p.state == "new")
     data = load_data(config, train=need_train, test=need_train, split=p.state == "new")
     model = build_model(config, data.spec)
@@ -211,21 +227,24 @@ def execute(p: Plan, *, observer: Observer | None = None,
     mask = p.mask
     if p.state == "new":
         obs.begin(p.state, 0)
-        folder.path.mkdir(parents=True, exist_ok=True)
-        folder.write_config(config, _provenance(config, data, model))
-        folder.save_init(model, config)
-        from ..data import split_hash
+        if writes:
+            folder.path.mkdir(parents=True, exist_ok=True)
+            folder.write_config(config, _provenance(config, data, model))
+            folder.save_init(model, config)
+            from ..data import split_hash
 
-        folder.write_split(config, data.split_indices, split_hash(data.split_indices))
+            folder.write_split(config, data.split_indices, split_hash(data.split_indices))
         ctx = MakeContext(config=config, folder=folder, model=model, data=data, device=device,
-                          observer=obs, theta0=theta0)
+                          observer=obs, theta0=theta0, platform=platform)
         model.to(device)
         made, rows = source.make(ctx)
         source.after_make(ctx)
         model.cpu()
         mask = final_mask(made, config)
         report = mask.report(model, data.spec.input_size)
-        folder.write_pruned(mask, list(prunable_parameters(model)), rows, report)
+        if writes:
+            folder.write_pruned(mask, list(prunable_parameters(model)), rows, report)
+        platform.barrier()
         if p.mode == "prune":
             return None
     else:
@@ -236,9 +255,11 @@ def execute(p: Plan, *, observer: Observer | None = None,
         # a source that trains to make its mask (the lottery) leaves the model moved off theta_0
         folder.starting_weights(model, config, source=source, mask=mask, spec=data.spec,
                                 theta0=None if p.state == "new" else theta0)
-    return train_run(folder, config, data, model, mask, report, apply_mask=source.applied,
-                     checkpoint=p.checkpoint, device=device, observer=obs,
-                     begin_state=None if p.state == "new" else p.state)
+    metrics = train_run(folder, config, data, model, mask, report, apply_mask=source.applied,
+                        checkpoint=p.checkpoint, device=device, observer=obs,
+                        begin_state=None if p.state == "new" else p.state, platform=platform)
+    platform.barrier()
+    return metrics
 
 
 def _provenance(config: RunConfig, data: Any, model: torch.nn.Module) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from torch import nn
 from .. import __version__
 from ..criteria import CRITERIA, make_options, non_default_options
 from ..masks import Mask, state_hash
+from ..platform import SINGLE, Platform
 from ..registry import Registry
 from ..selection import prunable_parameters
 from .errors import UserError
@@ -55,6 +56,8 @@ class MakeContext:
     device: torch.device
     observer: Observer
     theta0: str
+    platform: Platform = SINGLE
+    """Several processes (``torchrun``): each makes the mask with the others."""
 
 
 class MaskSource:
@@ -67,6 +70,8 @@ class MaskSource:
     """Whether training multiplies the weights by the mask."""
     trains: ClassVar[bool] = False
     """Whether making the mask needs the training set (and trains)."""
+    data_parallel: ClassVar[bool] = True
+    """Whether several processes of one run can make the mask together."""
 
     def options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """The options that differ from their defaults, validated, keys sorted."""
@@ -196,10 +201,23 @@ class Pruned(MaskSource):
             ctx.observer.prune_round(t, total)
 
         ctx.observer.prune_start(self.default_rounds(ctx.config))
-        batches = pruning_batches(ctx.data.split, ctx.data.spec)
+        split, reduce = ctx.data.split, None
+        platform = ctx.platform
+        if platform.world_size > 1:
+            # each process scores its contiguous part of the split; the criterion adds the parts
+            # exactly (pxprune.prune's reduce=) and every process checks it holds the same mask
+            from torch.utils.data import Subset
+
+            from ..train.distributed import contiguous_shard
+
+            split = Subset(split, contiguous_shard(range(len(split)), platform.rank,
+                                                   platform.world_size))
+            reduce = platform.all_reduce_
+        batches = pruning_batches(split, ctx.data.spec)
         try:
             mask = prune_model(model, p.criterion, batches, sparsity=p.sparsity, rounds=p.rounds,
-                               scope=p.scope, seed=ctx.config.seed, progress=progress, **p.options)
+                               scope=p.scope, seed=ctx.config.seed, progress=progress,
+                               reduce=reduce, **p.options)
         except (ValueError, TypeError) as err:
             raise UserError(f"pruning with {p.criterion} failed: {err}") from None
         finally:
@@ -252,6 +270,7 @@ class Lottery(MaskSource):
     name = LOTTERY
     summary = "iterative magnitude pruning with rewinding; trains at every level"
     trains = True
+    data_parallel = False
 
     def options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(options) - set(LOTTERY_OPTIONS))

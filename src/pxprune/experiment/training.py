@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import __version__
 from ..masks import Mask
+from ..platform import SINGLE, Platform
 from ..report import Report
 from ..train import Trainer, load_plain_state_dict
 from .config import RunConfig
@@ -46,29 +47,38 @@ def mask_digest(mask: Mask) -> str:
 
 
 def make_trainer(model: nn.Module, data: Data, config: RunConfig,
-                 device: torch.device | str = "cpu") -> Trainer:
+                 device: torch.device | str = "cpu", platform: Platform = SINGLE) -> Trainer:
     """The configured :class:`Trainer` of ``model`` on ``data``'s training and test sets."""
     t = config.train
-    return Trainer(
-        model, data.train, data.test, num_classes=data.spec.num_classes, epochs=t.epochs,
-        batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
-        nesterov=t.nesterov, schedule=t.schedule, milestones=t.milestones, amp=t.amp,
-        seed=config.seed, device=device, task=data.task,
-    )
+    try:
+        return Trainer(
+            model, data.train, data.test, num_classes=data.spec.num_classes, epochs=t.epochs,
+            batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+            nesterov=t.nesterov, schedule=t.schedule, milestones=t.milestones, amp=t.amp,
+            seed=config.seed, device=device, task=data.task, platform=platform,
+            sync_bn=t.sync_bn,
+        )
+    except ValueError as err:
+        if platform.world_size > 1:  # the batch does not split, sync_bn off a GPU
+            raise UserError(str(err)) from None
+        raise
 
 
 def metric_keys(task: Any) -> tuple[str, ...]:
     """metrics.json's keys, in order, for a task."""
     return ("criterion", "criterion_options", "sparsity", "density", "effective_density",
             "seed", "epochs", *task.metric_columns, "prune_seconds", "train_seconds",
-            "empty_layers", "flops_fraction", "versions")
+            "empty_layers", "flops_fraction", "world_size", "versions")
 
 
 def train_run(folder: RunFolder, config: RunConfig, data: Data, model: nn.Module, mask: Mask,
               report: Report, *, apply_mask: bool, checkpoint: Mapping[str, Any] | None,
-              device: torch.device, observer: Any, begin_state: str | None) -> dict[str, Any]:
+              device: torch.device, observer: Any, begin_state: str | None,
+              platform: Platform = SINGLE) -> dict[str, Any]:
     """Train ``model`` (holding the starting weights, or the checkpoint's) under ``mask`` from
-    where the folder stopped; write metrics.json; return it."""
+    where the folder stopped; write metrics.json; return it. With several processes every one
+    trains and only the primary writes (history, TensorBoard, last.pt, metrics.json)."""
+    writes = platform.is_primary
     task = data.task
     columns = task.history_columns
     if checkpoint is not None:
@@ -79,7 +89,7 @@ def train_run(folder: RunFolder, config: RunConfig, data: Data, model: nn.Module
     model.to(device)
     if apply_mask:
         mask.apply(model)
-    trainer = make_trainer(model, data, config, device)
+    trainer = make_trainer(model, data, config, device, platform)
     history: list[dict[str, Any]] = []
     last: dict[str, Any] | None = None
     if checkpoint is not None:
@@ -91,7 +101,8 @@ def train_run(folder: RunFolder, config: RunConfig, data: Data, model: nn.Module
         last = checkpoint.get("last")
     if begin_state is not None:
         observer.begin(begin_state, trainer.epoch)
-    tb = folder.tensorboard(purge_step=trainer.epoch + 1 if checkpoint is not None else None)
+    tb = (folder.tensorboard(purge_step=trainer.epoch + 1 if checkpoint is not None else None)
+          if writes else None)
     digest = mask_digest(mask)
     try:
         for epoch in range(trainer.epoch + 1, config.train.epochs + 1):
@@ -101,7 +112,8 @@ def train_run(folder: RunFolder, config: RunConfig, data: Data, model: nn.Module
             row = {"epoch": epoch, "lr": stats.lr, **stats.values,
                    **{c: ev.values.get(c) for c in task.eval_columns}, "seconds": stats.seconds}
             history.append(row)
-            folder.write_history(columns, history)
+            if writes:
+                folder.write_history(columns, history)
             if tb is not None:
                 for key in columns[1:]:
                     if row[key] is not None:
@@ -110,7 +122,8 @@ def train_run(folder: RunFolder, config: RunConfig, data: Data, model: nn.Module
             last = {**{c: stats.values.get(c) for c in task.train_columns}, **ev.values}
             state = trainer.state_dict()
             state.update(last=last, identity=config.identity(), mask_digest=digest)
-            folder.save_checkpoint(state)
+            if writes:
+                folder.save_checkpoint(state)
             observer.epoch_end(row)
     finally:
         if tb is not None:
@@ -129,8 +142,10 @@ def train_run(folder: RunFolder, config: RunConfig, data: Data, model: nn.Module
         "train_seconds": float(sum(r["seconds"] for r in history)),
         "empty_layers": list(report.empty_layers),
         "flops_fraction": report.flops_fraction,
+        "world_size": platform.world_size,
         "versions": versions(),
     }
     metrics = {k: values[k] for k in metric_keys(task)}
-    folder.write_metrics(metrics)
+    if writes:
+        folder.write_metrics(metrics)
     return metrics

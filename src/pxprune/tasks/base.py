@@ -34,6 +34,14 @@ class Meter(torchmetrics.Metric):
             state = getattr(self, name)
             setattr(self, name, state + torch.as_tensor(value, dtype=state.dtype, device=state.device))
 
+    def reduce_(self, reduce: Any) -> None:
+        """Add every process's sums in place (``reduce(tensor, op="sum")``, e.g.
+        ``Platform.all_reduce_``). We reduce through the run's platform rather than
+        torchmetrics' own ``sync`` so that the library keeps one way to talk to other
+        processes, the one it is given."""
+        for name in self._defaults:
+            reduce(getattr(self, name), op="sum")
+
     def update(self, *args: Any, **kwargs: Any) -> None:  # the task calls add()
         raise NotImplementedError("a Meter is updated by its task")
 

@@ -221,9 +221,13 @@ def train_epoch(
     on_step: Callable[[], None] | None = None,
     max_steps: int | None = None,
     memory_format: torch.memory_format | None = None,
+    loss_weights: Sequence[float] | None = None,
+    reduce: Callable[..., torch.Tensor] | None = None,
 ) -> EpochStats:
     """One pass over ``loader`` (or its first ``max_steps`` batches); the schedule steps
-    per batch."""
+    per batch. Data-parallel (``model`` wrapped in DistributedDataParallel): ``loss_weights``
+    scales each step's loss (``pxprune.train.distributed``) and ``reduce`` adds the metric sums
+    of every process before they are computed."""
     device = torch.device(device)
     task = _task(task)
     model.train()
@@ -239,7 +243,8 @@ def train_epoch(
         with _autocast(device, amp):
             output = model(x)
             loss = task.loss(output, y)
-        scaler.scale(loss).backward()
+        weighted = loss if loss_weights is None else loss * loss_weights[steps]
+        scaler.scale(weighted).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -250,6 +255,8 @@ def train_epoch(
             on_step()
     if steps == 0:
         raise ValueError("the training loader yielded no batches")
+    if reduce is not None:
+        meter.reduce_(reduce)
     return EpochStats(values=task.train_compute(meter), lr=lr, steps=steps,
                       seconds=time.perf_counter() - start)
 
@@ -265,9 +272,11 @@ def evaluate(
     task: Any = None,
     max_steps: int | None = None,
     memory_format: torch.memory_format | None = None,
+    reduce: Callable[..., torch.Tensor] | None = None,
 ) -> EvalStats:
     """The task's metrics over ``loader`` in eval mode (classification: mean loss, top-1 and,
-    with more than 10 classes, top-5)."""
+    with more than 10 classes, top-5). ``reduce``: each process holds a shard of the test set,
+    and the metric sums of all are added before they are computed."""
     device = torch.device(device)
     task = _task(task)
     was_training = model.training
@@ -283,6 +292,8 @@ def evaluate(
             task.eval_update(meter, output, y)
     finally:
         model.train(was_training)
+    if reduce is not None:
+        meter.reduce_(reduce)
     values = task.eval_compute(meter)
     samples = int(values.pop("samples"))
     return EvalStats(values=values, samples=samples)
