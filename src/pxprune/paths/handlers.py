@@ -1117,6 +1117,64 @@ def avg_pool(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
     return _coef_carry(mode, x, out, _window(b["kernel_size"], dims))
 
 
+_SEPARABLE = ("linear", "bilinear", "bicubic", "trilinear")
+
+
+def _axis_coefficients(func, b: dict, x: torch.Tensor, axis: int, n_out: int) -> torch.Tensor:  # noqa: ANN001
+    """C[o, i]: the coefficient of input position i in output position o along spatial ``axis``,
+    read by interpolating the identity along that axis alone with the call's own settings."""
+    dims = x.dim() - 2
+    n_in = x.shape[2 + axis]
+    # the other axes have length 2, kept: torch's antialiased kernels mishandle length 1
+    shape = [1, n_in] + [2] * dims
+    shape[2 + axis] = n_in
+    view = [1, n_in] + [1] * dims
+    view[2 + axis] = n_in
+    eye = torch.eye(n_in, dtype=x.dtype, device=x.device).view(view).expand(shape)
+    kw = {k: b[k] for k in ("mode", "align_corners", "antialias") if k in b}
+    if b.get("scale_factor") is not None and not b.get("recompute_scale_factor"):
+        scale = b["scale_factor"]
+        scale = scale[axis] if isinstance(scale, list | tuple) else scale
+        factors = [1.0] * dims
+        factors[axis] = float(scale)
+        kw["scale_factor"] = tuple(factors)
+    else:
+        size = [2] * dims
+        size[axis] = n_out
+        kw["size"] = tuple(size)
+    out = func(eye.contiguous(), **kw)  # (1, n_in, ..., n_out on axis, ...)
+    index = [0, slice(None)] + [0] * dims
+    index[2 + axis] = slice(None)
+    return out[tuple(index)].t()
+
+
+def interpolate(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
+    """Linear, bilinear, bicubic and trilinear interpolation: a fixed linear map, a product of one
+    coefficient per spatial axis. Path coefficient c contributes ``c**coef_power`` (1 where c is
+    not 0 in PX's data copy, ``c**2`` in its weight copy), applied axis by axis (the elementwise
+    power of a separable map is separable). Nearest modes have coefficients 0 and 1 (homogeneous
+    as they are); ``area`` is adaptive average pooling."""
+    b = arguments(func, args, kwargs)
+    if mode.spec.coef_power is not None and b.get("mode") == "area":
+        x = b["input"]
+        size = tuple(func(*args, **kwargs).shape[2:])
+        pool = (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[x.dim() - 3]
+        return adaptive_avg_pool(mode, pool, (x, size), {})
+    if mode.spec.coef_power is None or b.get("mode") not in _SEPARABLE:
+        return homogeneous(mode, func, args, kwargs)
+    x = b["input"]
+    real = func(*args, **kwargs)
+    out, terms = x, 1
+    with torch.no_grad():
+        coefs = [_axis_coefficients(func, b, x.detach(), a, real.shape[2 + a])
+                 for a in range(x.dim() - 2)]
+    for axis, c in enumerate(coefs):
+        c = (c != 0).to(x.dtype) if mode.spec.coef_power == 0 else c**mode.spec.coef_power
+        terms *= int((c != 0).sum(1).max())
+        out = torch.movedim(torch.tensordot(out, c, dims=([2 + axis], [1])), -1, 2 + axis)
+    return _coef_carry(mode, x, out, terms)
+
+
 def adaptive_avg_pool(mode, func, args: tuple, kwargs: dict):  # noqa: ANN001
     if mode.spec.coef_power is None:
         return homogeneous(mode, func, args, kwargs)

@@ -63,7 +63,7 @@ _KINDS: dict[Handler, tuple[str, ...]] = {
         "detach", "to", "float", "double", "half", "bfloat16", "type", "type_as", "cpu", "cuda",
         "repeat", "repeat_interleave", "tile", "roll", "flip", "fliplr", "flipud", "rot90",
         "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
-        "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "dropout", "dropout1d",
+        "upsample_nearest", "upsample_bilinear", "dropout", "dropout1d",
         "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "identity",
         "abs", "absolute", "__abs__", "amax", "amin", "max", "min",
         "gather", "index_select", "masked_select", "take", "take_along_dim", "diagonal", "diag",
@@ -114,6 +114,7 @@ _KINDS: dict[Handler, tuple[str, ...]] = {
     h.avg_pool: ("avg_pool1d", "avg_pool2d", "avg_pool3d"),
     h.adaptive_avg_pool: ("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d"),
     h.mean: ("mean",),
+    h.interpolate: ("interpolate", "upsample"),
 }
 
 BY_NAME: dict[str, Handler] = {name: handler for handler, names in _KINDS.items() for name in names}
