@@ -29,6 +29,7 @@ from pxprune.data import (
 )
 from pxprune.data.fake import write_cifar_pickle, write_fake_fashion_mnist
 from pxprune.seeding import generator
+from pxprune.tasks import get_task
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 
@@ -367,21 +368,36 @@ def test_dataset_contract(tmp_path: Path, name: str) -> None:
     assert isinstance(spec, DatasetSpec) and spec.name == name
     assert len(spec.mean) == len(spec.std) == spec.input_size[0] == 3
     FAKE_WRITERS[name](tmp_path)
+    segmentation = spec.task == "segmentation"
+    options = {"crop_size": 24} if segmentation else {}
+    size = (3, 24, 24) if segmentation else spec.input_size
     for train in (True, False):
         for augment in (None, False):
-            ds = create_dataset(name, root=tmp_path, train=train, augment=augment)
+            ds = create_dataset(name, root=tmp_path, train=train, augment=augment, **options)
             assert len(ds) > 0
             x, y = ds[len(ds) - 1]
             assert isinstance(x, torch.Tensor) and x.dtype == torch.float32
-            assert tuple(x.shape) == spec.input_size
-            assert type(y) is int and 0 <= y < spec.num_classes
-            labels = targets_of(ds)
-            assert labels.dtype == torch.long and len(labels) == len(ds)
-            assert int(labels[-1]) == y
+            assert tuple(x.shape) == size
+            if segmentation:  # (H, W) class indices, 255 ignored
+                assert y.dtype == torch.long and tuple(y.shape) == size[1:]
+                assert set(y.unique().tolist()) <= set(range(spec.num_classes)) | {255}
+            else:
+                assert type(y) is int and 0 <= y < spec.num_classes
+                labels = targets_of(ds)
+                assert labels.dtype == torch.long and len(labels) == len(ds)
+                assert int(labels[-1]) == y
             if not (train if augment is None else augment):
                 assert torch.equal(ds[0][0], ds[0][0])  # the eval transform is deterministic
-    split = pruning_split(create_dataset(name, root=tmp_path, augment=False), per_class=1)
-    assert len(split) == len(torch.unique(targets_of(split)))
+    full = create_dataset(name, root=tmp_path, augment=False, **options)
+    if segmentation:
+        from pxprune.data.voc import classes_present
+
+        split = get_task(spec.task).pruning_split(full, per_class=1, seed=0)
+        shown = set().union(*classes_present(full))
+        assert shown and shown <= set().union(*classes_present(split))
+    else:
+        split = pruning_split(full, per_class=1)
+        assert len(split) == len(torch.unique(targets_of(split)))
 
 
 @pytest.mark.parametrize("name", list_datasets())

@@ -32,7 +32,8 @@ TRANSFER_RECIPES = tuple(f"{d}_resnet50_pretrained" for d in ("cifar10", "cifar1
 
 def test_shipped_recipes_are_listed():
     # the transfer recipes are checked in tests/test_transfer_recipes.py
-    assert set(list_recipes()) == {"demo", *PAPER_RECIPES, *TRANSFER_RECIPES}
+    assert set(list_recipes()) == {"demo", *PAPER_RECIPES, *TRANSFER_RECIPES,
+                                   "voc2012_deeplabv3plus"}  # tests/test_segmentation.py
 
 
 def test_demo_recipe_is_contracts_section_8():

@@ -25,17 +25,19 @@ NUM_CLASSES = 7  # not a default anywhere, so a builder that ignores num_classes
 ZOO = {"resnet8", "resnet20", "resnet32", "resnet56", "vgg16_bn_cifar", "resnet18_tiny"}
 TORCHVISION = {"resnet18", "resnet50", "vgg16_bn", "mobilenet_v2"}
 CLIP = {"clip_rn50"}  # tests/test_clip.py covers it further
+DEEPLAB = {"deeplabv3plus_resnet50", "deeplabv3plus_resnet50_os16", "deeplabv3plus_mobilenet_v2",
+           "deeplabv3plus_mobilenet_v2_os8"}  # tests/test_deeplab.py covers them further
 
 
 def test_registered_names() -> None:
-    assert set(list_models()) == ZOO | TORCHVISION | CLIP
+    assert set(list_models()) == ZOO | TORCHVISION | CLIP | DEEPLAB
     assert list_models() == sorted(list_models())
 
 
 def _test_size(name: str) -> tuple[int, int, int]:
     info = model_info(name)
     # torchvision models run at 64 px to keep the suite fast; they pool adaptively.
-    return (3, 64, 64) if info.family == "torchvision" else info.input_size
+    return (3, 64, 64) if info.family in ("torchvision", "deeplab") else info.input_size
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +61,7 @@ def test_model_info(name: str) -> None:
         "torchvision": (3, 224, 224),
         "clip": (3, 224, 224),
         "tiny_resnet": (3, 64, 64),
+        "deeplab": (3, 513, 513),
     }.get(info.family, (3, 32, 32))
     assert info.input_size == expected
 
@@ -69,7 +72,10 @@ def test_forward_shape(name: str, seeded: Callable[[str], nn.Module]) -> None:
     x = torch.randn(2, *_test_size(name), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = model(x)
-    assert out.shape == (2, NUM_CLASSES)
+    if "segmentation" in model_info(name).tasks:  # per-pixel logits at the input's size
+        assert out.shape == (2, NUM_CLASSES, *_test_size(name)[1:])
+    else:
+        assert out.shape == (2, NUM_CLASSES)
     assert torch.isfinite(out).all()
 
 

@@ -97,6 +97,15 @@ def _setup_logging(quiet: bool) -> None:
         log.addHandler(_LogHandler())
     log.setLevel(logging.ERROR if quiet else logging.WARNING)
     log.propagate = False
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        # one line, like every other message of the command line (not Python's source excerpt)
+        if not quiet:
+            text = " ".join(str(message).split())
+            print(f"pxprune: warning: {text}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
 
 
 # ------------------------------------------------------------------------------ progress bars

@@ -65,13 +65,42 @@ def _warn_partial(criterion: str, crit, ctx, scores, mask) -> None:  # noqa: ANN
     if partial:
         import warnings
 
-        reason = crit.explain_zero(ctx, names) if hasattr(crit, "explain_zero") else None
+        reason = _off_every_path(ctx, scores, mask, names)
+        if reason is None and hasattr(crit, "explain_zero"):
+            reason = crit.explain_zero(ctx, names)
         warnings.warn(
             f"{criterion}: part of {_listed(partial)} scores exactly 0 and goes first, in index "
             f"order{': ' + reason if reason else ''}",
             ZeroScoresWarning,
             stacklevel=4,
         )
+
+
+def _off_every_path(ctx, scores, mask, names: list[str]) -> str | None:  # noqa: ANN001
+    """The reason when the zero-scored weights are on no input-output path of the network at
+    this input size (a kernel tap that only ever meets padding: a dilated convolution on a small
+    feature map), which no criterion can rank; None when some of them are on a path."""
+    size = ctx.input_size
+    if size is None and ctx.batches is not None:
+        size = ctx.batches.first_shape()
+    if size is None:
+        return None
+    from .report import effective_masks
+
+    try:
+        effective, _ = effective_masks(ctx.model, mask, tuple(size))
+    except Exception:  # noqa: BLE001 - an explanation must never turn a warning into an error
+        return None
+    for n in names:
+        zero = (scores[n] == 0) & mask[n].to(scores[n].device)
+        if bool((zero & effective[n].to(zero.device)).any()):
+            return None
+    return (
+        f"{'they are' if len(names) > 1 else 'it is'} on no input-output path at this input size "
+        f"({'x'.join(map(str, size))}): kernel taps that only ever meet padding (a dilated "
+        "convolution on a small feature map) or units the input never reaches, which no "
+        "criterion can rank; score larger inputs, or exclude them"
+    )
 
 
 def check_scores(

@@ -5,7 +5,7 @@
 examples per class that data-dependent criteria score on (docs/design/CONTRACTS.md sections 4 and 7).
 """
 
-from pxprune.data import cifar, fashion_mnist, imagenet, tinyimagenet  # noqa: F401  (registers)
+from pxprune.data import cifar, fashion_mnist, imagenet, tinyimagenet, voc  # noqa: F401  (registers)
 from pxprune.data.base import (
     DATASETS,
     DatasetNotFoundError,

@@ -180,6 +180,19 @@ def write_fake_imagenet(
     return base
 
 
+def write_fake_voc2012(root: str | Path, *, train: int = 6, val: int = 3, size: int = 40,
+                       seed: int = 0) -> Path:
+    """``<root>/VOCdevkit/VOC2012/`` in the real layout: the synthetic VOC of
+    ``pxprune.data.voc_synthetic`` made from a fake Fashion-MNIST (JPEGs, palette PNGs with 255
+    borders, ImageSets); returns the VOC2012 folder."""
+    from pxprune.data.voc_synthetic import write_synthetic_voc
+
+    source = Path(root) / "_fmnist"
+    write_fake_fashion_mnist(source, n_train=20, n_test=10, seed=seed)
+    return write_synthetic_voc(Path(root), train=train, val=val, size=size, seed=seed,
+                               fmnist_root=source)
+
+
 FAKE_WRITERS: Mapping[str, Callable[[Path], Path]] = MappingProxyType(
     {
         "fashion-mnist": write_fake_fashion_mnist,
@@ -187,5 +200,6 @@ FAKE_WRITERS: Mapping[str, Callable[[Path], Path]] = MappingProxyType(
         "cifar100": write_fake_cifar100,
         "tinyimagenet": write_fake_tinyimagenet,
         "imagenet": write_fake_imagenet,
+        "voc2012": write_fake_voc2012,
     }
 )

@@ -62,7 +62,10 @@ class DataConfig:
     dataset's own statistics, as before. ``dataset`` always uses the dataset's statistics, which is
     what the paper's code does for every backbone. ``image_size``: resize inputs to this square size
     (e.g. 224 for transfer from ImageNet backbones), after the dataset's own augmentation; null keeps
-    the dataset's size.
+    the dataset's size. ``crop_size``: a segmentation dataset's training crop and evaluation size,
+    which is also the size criteria score at (null: the dataset's default, 513 for VOC).
+    ``options``: the dataset's own options (``pxprune list datasets`` names them; e.g. VOC's
+    ``label_pad: background`` or ``val: full``).
     """
 
     name: str = _field("fashion-mnist", "str")
@@ -72,6 +75,8 @@ class DataConfig:
     train_subset: int | None = _field(None, "int?")
     normalize: str = _field("weights", "str", choices=NORMALIZE, since=True)
     image_size: int | None = _field(None, "int?", since=True)
+    crop_size: int | None = _field(None, "int?", since=True)
+    options: dict[str, Any] = _field({}, "options", since=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +97,9 @@ class TrainConfig:
     """``train.*``: SGD and its schedule (``step``: x0.1 at each milestone epoch; ``cosine``: to 0
     over all steps), mixed precision, and the re-initialisation sanity check. ``batch_size`` is
     the global batch (split over the processes of a ``torchrun`` job); ``sync_bn`` synchronises
-    BatchNorm statistics across those processes (CUDA only; no effect in one process)."""
+    BatchNorm statistics across those processes (CUDA only; no effect in one process).
+    ``backbone_lr``: the learning rate of the parameters under ``backbone.`` (a segmentation
+    network's pre-trained encoder); null: ``lr`` for every parameter."""
 
     epochs: int = _field(2, "int")
     batch_size: int = _field(128, "int")
@@ -105,6 +112,7 @@ class TrainConfig:
     amp: str = _field("auto", "str", choices=AMP_MODES)
     reinit: bool = _field(False, "bool")
     sync_bn: bool = _field(False, "bool", since=True)
+    backbone_lr: float | None = _field(None, "float?", since=True)
 
 
 SECTIONS: dict[str, type] = {
@@ -131,7 +139,7 @@ class RunConfig:
             section = getattr(self, name)
             out[name] = {
                 f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)
-                if not (f.metadata.get("since") and getattr(section, f.name) == f.default)
+                if not (f.metadata.get("since") and getattr(section, f.name) == _default(f))
             }
         out["seed"] = self.seed
         return out
@@ -151,6 +159,7 @@ def _kind_name(kind: str) -> str:
     return {
         "str": "a string", "str?": "a string or null", "bool": "true or false",
         "int": "an integer", "int?": "an integer or null", "float": "a number",
+        "float?": "a number or null",
         "ints": "a list of integers like [80, 120]", "options": "a mapping like {bn: train}",
     }[kind]
 
@@ -180,7 +189,9 @@ def _coerce(key: str, kind: str, choices: tuple[str, ...], value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad()
         return value
-    if kind == "float":
+    if kind in ("float", "float?"):
+        if value is None and kind == "float?":
+            return None
         if isinstance(value, str):
             # PyYAML reads 1e-4 (no dot) as a string
             try:
@@ -237,12 +248,12 @@ def _set_value(raw: dict[str, Any], key: str, value: Any, *, parse: bool) -> Non
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name:
         raise UserError(f"unknown configuration key {key!r}; valid keys: {_valid_keys()}")
-    if section == "prune" and name.startswith("options."):
+    if section in ("prune", "data") and name.startswith("options."):
         option = name[len("options."):]
         if not option:
-            raise UserError(f"bad key {key!r}: write prune.options.NAME=VALUE")
-        raw["prune"]["options"] = dict(raw["prune"]["options"])
-        raw["prune"]["options"][option] = yaml_scalar(value) if parse else value
+            raise UserError(f"bad key {key!r}: write {section}.options.NAME=VALUE")
+        raw[section]["options"] = dict(raw[section]["options"])
+        raw[section]["options"][option] = yaml_scalar(value) if parse else value
         return
     fields = _fields(section)
     if name not in fields:
@@ -351,12 +362,16 @@ class Flags:
     pretrained: str | None = None
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
 def _defaults() -> dict[str, Any]:
     d = RunConfig().to_dict()
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             if f.metadata.get("since"):
-                d[section][f.name] = f.default
+                d[section][f.name] = _default(f)
     d["train"]["milestones"] = tuple(d["train"]["milestones"])
     return d
 
@@ -439,7 +454,7 @@ def build_config(raw: Mapping[str, Any], *, explicit_sparsity: bool = True) -> R
     for section, values in (("data", data), ("model", model), ("train", train)):
         for f in dataclasses.fields(SECTIONS[section]):
             if f.metadata.get("since"):
-                values.setdefault(f.name, f.default)  # to_dict leaves out their defaults
+                values.setdefault(f.name, _default(f))  # to_dict leaves out their defaults
     _validate(model, data, prune, train)
     return RunConfig(
         model=ModelConfig(**model),
@@ -487,6 +502,20 @@ def _validate(model: dict, data: dict, prune: dict, train: dict) -> None:
         if spec.task != "classification":
             raise UserError(f"data.image_size resizes images, not {spec.task} targets: leave it "
                             f"null for {data['name']!r}")
+    from ..data import dataset_options
+
+    accepted = dataset_options(data["name"])
+    if data["crop_size"] is not None:
+        if "crop_size" not in accepted:
+            raise UserError(f"data.crop_size crops segmentation images; {data['name']!r} takes "
+                            "none: leave it null (or use data.image_size to resize)")
+        if data["crop_size"] < 8:
+            raise UserError(f"data.crop_size must be at least 8, got {data['crop_size']}")
+    unknown = sorted(set(data["options"]) - (set(accepted) - {"crop_size"}))
+    if unknown:
+        valid = ", ".join(sorted(set(accepted) - {"crop_size"})) or "none"
+        raise UserError(f"dataset {data['name']!r} has no option {', '.join(unknown)} "
+                        f"(data.options); its options: {valid}")
     for key, kind in (("scope", SCOPES),):
         if prune[key] not in kind:
             raise UserError(f"unknown prune.{key} {prune[key]!r}; choose one of: {', '.join(kind)}")
@@ -496,6 +525,8 @@ def _validate(model: dict, data: dict, prune: dict, train: dict) -> None:
         raise UserError(f"train.batch_size must be >= 1, got {train['batch_size']}")
     if train["lr"] <= 0:
         raise UserError(f"train.lr must be > 0, got {train['lr']}")
+    if train["backbone_lr"] is not None and train["backbone_lr"] < 0:
+        raise UserError(f"train.backbone_lr must be >= 0 or null, got {train['backbone_lr']}")
     if train["momentum"] < 0 or train["weight_decay"] < 0:
         raise UserError("train.momentum and train.weight_decay must be >= 0")
     if train["nesterov"] and train["momentum"] <= 0:

@@ -73,10 +73,19 @@ def input_spec(config: RunConfig) -> tuple[DatasetSpec, str]:
                             f"statistics have {len(mean)}; set data.normalize: dataset")
         if (tuple(mean), tuple(std)) != (tuple(spec.mean), tuple(spec.std)):
             spec = dataclasses.replace(spec, mean=tuple(mean), std=tuple(std))
-    if d.image_size is not None:
-        spec = dataclasses.replace(spec, input_size=(spec.input_size[0], d.image_size,
-                                                     d.image_size))
+    side = d.image_size if d.image_size is not None else d.crop_size
+    if side is not None:
+        spec = dataclasses.replace(spec, input_size=(spec.input_size[0], side, side))
     return spec, whose
+
+
+def dataset_kwargs(config: RunConfig) -> dict[str, Any]:
+    """The dataset's own options of a configuration (``data.options``, ``data.crop_size``)."""
+    d = config.data
+    kwargs = dict(d.options)
+    if d.crop_size is not None:
+        kwargs["crop_size"] = d.crop_size
+    return kwargs
 
 
 def load_data(config: RunConfig, *, train: bool = True, test: bool = True,
@@ -92,17 +101,18 @@ def load_data(config: RunConfig, *, train: bool = True, test: bool = True,
     def make(is_train: bool, augment: bool | None) -> Dataset:
         try:
             ds = create_dataset(d.name, root=d.root, train=is_train, download=d.download,
-                                augment=augment)
+                                augment=augment, **dataset_kwargs(config))
             if result.source is None:
                 result.source = data_source(ds)
-            if spec != base:  # before the subset, so that indices still reach the files
+            if (spec.mean, spec.std) != (base.mean, base.std) or d.image_size is not None:
+                # before the subset, so that indices still reach the files
                 ds = AdaptedInputs(ds, base, mean=spec.mean, std=spec.std, size=d.image_size)
             if is_train and d.train_subset is not None:
                 ds = train_subset(ds, d.train_subset, seed=0)
             return ds
         except DatasetNotFoundError as err:
             raise UserError(str(err)) from None
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, TypeError) as err:
             raise UserError(f"cannot read {d.name} under {d.root}: {err}") from None
 
     if train:

@@ -49,10 +49,16 @@ def balanced(indices: Sequence[int], labels: Sequence[int], n: int) -> list[int]
 
 
 def _split_inputs(config: RunConfig, indices: list[int], samples: int) -> torch.Tensor:
+    from .data import config_task, dataset_kwargs
+
     d = config.data
+    task = config_task(config)
+    if task.name != "classification":
+        raise UserError(f"`pxprune ntk` reads a classifier's NTK; {config.data.name} is a "
+                        f"{task.name} dataset (every pixel would be an output)")
     try:
         full = create_dataset(d.name, root=d.root, train=True, download=d.download,
-                              augment=False)
+                              augment=False, **dataset_kwargs(config))
     except DatasetNotFoundError as err:
         raise UserError(str(err)) from None
     except (ValueError, OSError) as err:

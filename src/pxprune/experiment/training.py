@@ -56,10 +56,11 @@ def make_trainer(model: nn.Module, data: Data, config: RunConfig,
             batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
             nesterov=t.nesterov, schedule=t.schedule, milestones=t.milestones, amp=t.amp,
             seed=config.seed, device=device, task=data.task, platform=platform,
-            sync_bn=t.sync_bn,
+            sync_bn=t.sync_bn, backbone_lr=t.backbone_lr,
         )
     except ValueError as err:
-        if platform.world_size > 1:  # the batch does not split, sync_bn off a GPU
+        if platform.world_size > 1 or t.backbone_lr is not None:
+            # the batch does not split, sync_bn off a GPU, no backbone for backbone_lr
             raise UserError(str(err)) from None
         raise
 

@@ -8,6 +8,7 @@ ResNet-50, VGG-16-BN and MobileNetV2, and CLIP's RN50 image tower (``clip_rn50``
 from pxprune.models import (  # noqa: F401  (register)
     cifar_resnet,
     clip,
+    deeplab,
     tiny_resnet,
     torchvision_models,
     vgg,

@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pxprune.models.pretrained import attach, read_checkpoint
+from pxprune.models.pretrained import attach, attach_backbone, read_checkpoint
 from pxprune.registry import Registry
 from pxprune.seeding import stream_seed
 
@@ -29,12 +29,16 @@ TORCHVISION_INPUT_SIZE: InputSize = (3, 224, 224)
 @dataclass(frozen=True)
 class ModelInfo:
     """What a builder declares about its model: the default ``input_size=(C, H, W)``, family, and
-    the tasks (``pxprune.tasks``) its output serves."""
+    the tasks (``pxprune.tasks``) its output serves. ``backbone``: for a model whose
+    ``model.backbone`` is a torchvision classifier's trunk (DeepLabV3+), that classifier's name:
+    ``pretrained=`` then names its weights (``IMAGENET1K_V1`` of ``resnet50``, or a checkpoint of
+    it) and they load into ``model.backbone`` only (``pretrained.attach_backbone``)."""
 
     name: str
     input_size: InputSize
     family: str
     tasks: tuple[str, ...] = ("classification",)
+    backbone: str | None = None
 
 
 class ModelBuilder(Protocol):
@@ -57,10 +61,12 @@ _MODELS: Registry[_Entry] = Registry(
 
 
 def register_model(name: str, *, input_size: Sequence[int], family: str,
-                   tasks: Sequence[str] = ("classification",)) -> Callable[[B], B]:
-    """Decorator registering ``builder(*, num_classes, input_size) -> nn.Module`` under ``name``."""
+                   tasks: Sequence[str] = ("classification",),
+                   backbone: str | None = None) -> Callable[[B], B]:
+    """Decorator registering ``builder(*, num_classes, input_size) -> nn.Module`` under ``name``
+    (``backbone``: see :class:`ModelInfo`)."""
     info = ModelInfo(name=name, input_size=_check_input_size(input_size), family=family,
-                     tasks=tuple(tasks))
+                     tasks=tuple(tasks), backbone=backbone)
 
     def decorator(builder: B) -> B:
         _MODELS.add(name, _Entry(info=info, builder=builder))
@@ -183,7 +189,9 @@ def create_model(
     by a prefix (``torchvision:``, ``mocov2:``, ``dino:``, ``clip:``; pxprune.models.pretrained).
     Loading is strict; the classifier keeps its fresh initialisation when the checkpoint has none or
     one of another shape. What was loaded is kept as ``model.pretrained_weights`` (format, sha256,
-    whether the head is new, input statistics). ``input_size=(C, H, W)`` defaults to the model's
+    whether the head is new, input statistics). For a model with a ``model_info(name).backbone``
+    (DeepLabV3+), the weights are that classifier's and load into ``model.backbone`` alone; the
+    head keeps its fresh initialisation. ``input_size=(C, H, W)`` defaults to the model's
     ``model_info(name).input_size``.
     """
     info = model_info(name)
@@ -193,11 +201,15 @@ def create_model(
     builder = _MODELS.get(name).builder if name in _MODELS else _torchvision_builder(name)
     # Read the checkpoint before building so a bad path fails fast.
     checkpoint = None
-    if pretrained is not None:
+    if pretrained is not None and info.backbone is not None:
+        checkpoint = read_checkpoint(pretrained, info.backbone, torchvision_weights=True)
+    elif pretrained is not None:
         checkpoint = read_checkpoint(pretrained, name,
                                      torchvision_weights=info.family == "torchvision")
     with _init_rng(seed):
         model = builder(num_classes=num_classes, input_size=size)
-    if checkpoint is not None:
+    if checkpoint is not None and info.backbone is not None:
+        attach_backbone(model, checkpoint, model_name=name, backbone=info.backbone)
+    elif checkpoint is not None:
         attach(model, checkpoint, model_name=name)
     return model

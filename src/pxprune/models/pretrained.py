@@ -453,6 +453,16 @@ def _listed(label: str, keys: list[str], budget: int) -> str:
     return f"{label} ({len(keys)}): {', '.join(keys[:budget])}{more}"
 
 
+def _misfit(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    """The misfit keys as one line part (up to five named in all); empty when there are none."""
+    problems = [(label, keys) for label, keys in (
+        ("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if keys]
+    if not problems:
+        return ""
+    budget = max(1, _LISTED // len(problems))
+    return "; ".join(_listed(label, keys, budget) for label, keys in problems)
+
+
 def load_checkpoint_(model: nn.Module, checkpoint: Checkpoint, *, model_name: str) -> bool:
     """Load ``checkpoint`` into ``model`` in place, strictly; returns whether the head is new.
 
@@ -475,14 +485,11 @@ def load_checkpoint_(model: nn.Module, checkpoint: Checkpoint, *, model_name: st
     unexpected = sorted(state.keys() - own.keys())
     mismatched = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                         for k in state.keys() & own.keys() if state[k].shape != own[k].shape)
-    problems = [(label, keys) for label, keys in (
-        ("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if keys]
+    problems = _misfit(missing, unexpected, mismatched)
     if problems:
-        budget = max(1, _LISTED // len(problems))
         raise ValueError(
-            f"pretrained checkpoint {checkpoint.where} does not fit {model_name!r}: "
-            + "; ".join(_listed(label, keys, budget) for label, keys in problems)
-            + "; pass a checkpoint of this architecture or force its layout "
+            f"pretrained checkpoint {checkpoint.where} does not fit {model_name!r}: {problems}"
+            "; pass a checkpoint of this architecture or force its layout "
             "(torchvision:, mocov2:, dino:, clip:)"
         )
     for key in own.keys() - state.keys():  # the new head and absent BN counters
@@ -502,6 +509,10 @@ def attach(model: nn.Module, checkpoint: Checkpoint, *, model_name: str) -> Pret
     """Load ``checkpoint`` into ``model`` and keep what was loaded as
     ``model.pretrained_weights`` (as timm keeps ``pretrained_cfg``)."""
     head_new = load_checkpoint_(model, checkpoint, model_name=model_name)
+    return _record(model, checkpoint, head_new=head_new)
+
+
+def _record(model: nn.Module, checkpoint: Checkpoint, *, head_new: bool) -> PretrainedWeights:
     fmt = checkpoint.format
     info = PretrainedWeights(
         spec=checkpoint.source.spec, format=fmt.name, how=checkpoint.source.how,
@@ -509,6 +520,62 @@ def attach(model: nn.Module, checkpoint: Checkpoint, *, model_name: str) -> Pret
         sha256=checkpoint.sha256, head_new=head_new, mean=fmt.mean, std=fmt.std)
     model.pretrained_weights = info
     return info
+
+
+# ------------------------------------------------------------------------------ backbones
+BACKBONE_PREFIXES: dict[str, str] = {"resnet50": "", "mobilenet_v2": "features."}
+"""Where a torchvision classifier keeps the trunk that a segmentation model's ``model.backbone``
+reuses (pxprune.models.deeplab): the backbone's key ``k`` is the classifier's ``prefix + k``."""
+
+
+def _classifier_keys(name: str) -> set[str]:
+    """The state-dict keys of torchvision's classifier ``name`` (built on the meta device)."""
+    import torchvision
+
+    with torch.device("meta"):
+        return set(torchvision.models.get_model(name, weights=None).state_dict())
+
+
+def attach_backbone(model: nn.Module, checkpoint: Checkpoint, *, model_name: str,
+                    backbone: str) -> PretrainedWeights:
+    """Load a checkpoint of torchvision's classifier ``backbone`` into ``model.backbone``, strictly,
+    and keep what was loaded as ``model.pretrained_weights`` (``head_new`` True).
+
+    The checkpoint's keys (the classifier's names, after its layout's own mapping) lose the prefix
+    of :data:`BACKBONE_PREFIXES`; the classifier's tensors beyond the backbone (``fc.*``,
+    ``classifier.*``, MobileNetV2's ``features.18``) are dropped. Every backbone tensor must be
+    given with its shape (BN counters may be absent: they start at 0) and nothing else may be
+    left: otherwise one ``ValueError`` line names up to five keys, under the classifier's names.
+    The head (``model.classifier``) keeps its initialisation.
+    """
+    if backbone not in BACKBONE_PREFIXES:
+        raise ValueError(f"no backbone layout for {backbone!r}; known: "
+                         f"{', '.join(sorted(BACKBONE_PREFIXES))} (pretrained.BACKBONE_PREFIXES)")
+    fmt = checkpoint.format
+    fmt.check_model(model, model_name)
+    target = model.get_submodule("backbone")
+    prefix = BACKBONE_PREFIXES[backbone]
+    own = target.state_dict()
+    expected = {prefix + k for k in own}
+    beyond = _classifier_keys(backbone) - expected  # the classifier's own, not the backbone's
+    given = {k: v for k, v in checkpoint.mapped.state.items() if k not in beyond}
+    missing = sorted(k for k in expected - given.keys() if not fmt.may_omit(k, set()))
+    unexpected = sorted(given.keys() - expected)
+    mismatched = sorted(
+        f"{k} {tuple(given[k].shape)} vs {tuple(own[k[len(prefix):]].shape)}"
+        for k in given.keys() & expected if given[k].shape != own[k[len(prefix):]].shape)
+    problems = _misfit(missing, unexpected, mismatched)
+    if problems:
+        raise ValueError(
+            f"pretrained checkpoint {checkpoint.where} does not fit the {backbone} backbone of "
+            f"{model_name!r}: {problems}; pass a checkpoint of torchvision's {backbone} "
+            "(its own names; torchvision:, mocov2: and dino: layouts)"
+        )
+    state = {k[len(prefix):]: v for k, v in given.items()}
+    for key in own.keys() - state.keys():  # absent BN counters
+        state[key] = torch.zeros_like(own[key])
+    target.load_state_dict(state, strict=True)
+    return _record(model, checkpoint, head_new=True)
 
 
 def load_pretrained_(model: nn.Module, state: dict[str, Tensor], *, source: str = "") -> nn.Module:

@@ -61,13 +61,32 @@ def _autocast(device: torch.device, amp: Amp):
     return torch.autocast(device.type, dtype=amp.dtype)
 
 
+BACKBONE = "backbone."
+"""Parameters under this prefix take ``backbone_lr`` (a segmentation network's encoder)."""
+
+
 def make_optimizer(
-    model: nn.Module, *, lr: float, momentum: float, weight_decay: float, nesterov: bool
+    model: nn.Module, *, lr: float, momentum: float, weight_decay: float, nesterov: bool,
+    backbone_lr: float | None = None,
 ) -> torch.optim.SGD:
-    """SGD over every trainable parameter (weight decay on all of them, as in open_lth)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD over every trainable parameter (weight decay on all of them, as in open_lth). With
+    ``backbone_lr``, parameters whose canonical name starts with ``backbone.`` form a second
+    group at that rate (the first group, at ``lr``, is the one history.csv reports)."""
+    from ..selection import canonical_name, unwrap
+
+    named = [(canonical_name(n), p) for n, p in unwrap(model).named_parameters()
+             if p.requires_grad]
+    if backbone_lr is None:
+        groups: list[dict] = [{"params": [p for _, p in named]}]
+    else:
+        backbone = [p for n, p in named if n.startswith(BACKBONE)]
+        if not backbone:
+            raise ValueError("train.backbone_lr is set but the model has no parameter under "
+                             "'backbone.'; leave it null")
+        groups = [{"params": [p for n, p in named if not n.startswith(BACKBONE)]},
+                  {"params": backbone, "lr": backbone_lr}]
     return torch.optim.SGD(
-        params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+        groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
     )
 
 

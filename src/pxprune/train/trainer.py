@@ -70,6 +70,7 @@ class Trainer:
         task: Any = None,
         platform: Platform = SINGLE,
         sync_bn: bool = False,
+        backbone_lr: float | None = None,
     ) -> None:
         from .loop import _task
 
@@ -103,7 +104,8 @@ class Trainer:
         if len(self.train_loader) == 0:
             raise ValueError("the training set is empty")
         self.optimizer = make_optimizer(
-            model, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+            model, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+            backbone_lr=backbone_lr,
         )
         self.scheduler = make_scheduler(
             self.optimizer, schedule=schedule, epochs=epochs,
