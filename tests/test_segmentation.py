@@ -238,3 +238,24 @@ def test_two_training_steps_of_the_voc_recipe_on_a_tiny_voc_folder(tmp_path, cap
     assert history[0].split(",") == ["epoch", "lr", "train_loss", "train_pixel_acc", "test_loss",
                                      "test_miou", "test_pixel_acc", "seconds"]
     assert "test_miou" in stdout
+
+
+def test_backbone_lr_is_a_second_group_that_the_schedule_scales_too():
+    from pxprune.train.loop import make_optimizer, make_scheduler
+
+    model = TinySeg()
+    opt = make_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=False,
+                         backbone_lr=0.001)
+    head, backbone = opt.param_groups
+    assert (head["lr"], backbone["lr"]) == (0.01, 0.001)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].startswith("backbone.") for p in backbone["params"])
+    assert len(head["params"]) + len(backbone["params"]) == len(list(model.parameters()))
+    sched = make_scheduler(opt, schedule="step", epochs=3, steps_per_epoch=2, milestones=[1])
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001, 0.0001])
+    with pytest.raises(ValueError, match="no parameter under 'backbone.'"):
+        make_optimizer(nn.Linear(2, 2), lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=False,
+                       backbone_lr=0.01)
