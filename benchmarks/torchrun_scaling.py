@@ -35,8 +35,9 @@ CONFIGS = {  # name: (processes, threads per process)
 }
 
 
-def run(root: Path, out: Path, processes: int, threads: int) -> float:
+def run(root: Path, out: Path, processes: int, threads: int, device: str = "cpu") -> float:
     argv = ["run", "--recipe", "demo", "--criterion", "dense", "--epochs", "1", "--quiet",
+            "--device", device,
             "--set", f"data.root={root}", "data.train_subset=null", "train.batch_size=128",
             "--out", str(out)]
     if processes == 1:
@@ -54,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: one GPU per process")
     args = parser.parse_args()
     speeds: dict[str, list[float]] = {name: [] for name in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,7 +63,7 @@ def main() -> None:
         write_fake_fashion_mnist(root, n_train=N_TRAIN, n_test=256)
         for repeat in range(args.repeats):
             for i, (name, (processes, threads)) in enumerate(CONFIGS.items()):
-                speed = run(root, Path(tmp) / f"run{repeat}-{i}", processes, threads)
+                speed = run(root, Path(tmp) / f"run{repeat}-{i}", processes, threads, args.device)
                 speeds[name].append(speed)
                 print(f"repeat {repeat + 1}: {name}: {speed:.0f} images/s", file=sys.stderr)
     base = speeds["1 process x 2 threads"]

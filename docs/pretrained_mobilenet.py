@@ -57,6 +57,7 @@ PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubb
 SPLIT_SEED = 0
 EVAL_CHUNK = 64
 FINDINGS_OPEN, FINDINGS_CLOSE = "<!-- findings -->", "<!-- /findings -->"
+PART_B = "## Part (b)"
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -230,13 +231,16 @@ def page(doc: Path, out: Path, store: dict, criteria: list[str], command: str) -
         rel = str(out)
     findings = (f"{FINDINGS_OPEN}\n_Findings: to be written by the lead after the full run._\n"
                 f"{FINDINGS_CLOSE}")
+    part_b = ""
     if doc.exists():
         old = doc.read_text()
         if FINDINGS_OPEN in old and FINDINGS_CLOSE in old:
             findings = old[old.index(FINDINGS_OPEN):old.index(FINDINGS_CLOSE) + len(FINDINGS_CLOSE)]
+        if PART_B in old:  # written by docs/pretrained_mobilenet_finetune.py: kept
+            part_b = "\n" + old[old.index(PART_B):].rstrip() + "\n"
     preds = ", ".join(f"{n}: {p}" for n, p in zip(cfg["photos"], cfg["dense_photo_top1"],
                                                    strict=True))
-    return f"""# Pruning a pre-trained MobileNetV2 (part a: agreement, no training)
+    return f"""# Pruning a pre-trained MobileNetV2: (a) agreement without training, (b) fine-tuned
 
 **What.** How much of a pre-trained network's behaviour survives pruning at initialisation, per
 criterion, with no training afterwards: torchvision's `mobilenet_v2` with its ImageNet weights
@@ -268,7 +272,7 @@ criterion, with no training afterwards: torchvision's `mobilenet_v2` with its Im
 ![agreement on Fashion-MNIST vs sparsity]({rel}/agreement.png)
 
 {table(store['results'], criteria)}
-"""
+{part_b}"""
 
 
 # ----------------------------------------------------------------------------------------- main

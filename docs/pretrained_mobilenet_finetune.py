@@ -93,7 +93,7 @@ def main() -> None:
         f"data.train_subset={args.subset}", "train.batch_size=64", "train.lr=0.01",
         f"train.epochs={args.epochs}",
         "--criteria", args.criteria, "--sparsities", args.sparsities, "--seeds", args.seeds,
-        "--jobs", str(args.jobs), "--out", str(sweep), "--quiet")
+        "--jobs", str(args.jobs), "--out", str(sweep), "--extend", "--quiet")
     cli("report", str(sweep), "--quiet")
     if OUT.exists():
         shutil.rmtree(OUT)
