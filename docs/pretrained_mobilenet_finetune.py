@@ -21,18 +21,15 @@ import json
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _study import cli, write_block  # noqa: E402
 
 DOCS = Path(__file__).parent
 OUT = DOCS / "pretrained_mobilenet" / "finetune"
 PAGE = DOCS / "pretrained_mobilenet.md"
-
-
-def cli(*argv: str) -> None:
-    print("+", shlex.join(["pxprune", *argv]), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", "pxprune", *argv], check=True)
 
 
 def table(sweep: Path) -> str:
@@ -64,18 +61,6 @@ def table(sweep: Path) -> str:
     return "\n".join(lines)
 
 
-def write_page(text: str, command: str) -> None:
-    start, end = "<!-- finetune -->", "<!-- /finetune -->"
-    block = f"{start}\n\nCommand: `{command}`\n\n{text}\n\n{end}"
-    page = PAGE.read_text()
-    if start not in page:
-        page = (page.rstrip() + "\n\n## Part (b): pruned, then fine-tuned on Fashion-MNIST\n\n"
-                f"{start}\n{end}\n")
-    before, rest = page.split(start, 1)
-    _, after = rest.split(end, 1)
-    PAGE.write_text(before + block + after)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs/mobilenet_finetune")
@@ -99,7 +84,8 @@ def main() -> None:
         shutil.rmtree(OUT)
     cli("export", str(sweep), "--out", str(OUT), "--quiet")
     command = shlex.join([".venv/bin/python", "docs/pretrained_mobilenet_finetune.py", *sys.argv[1:]])
-    write_page(table(sweep), command)
+    write_block(PAGE, "finetune", table(sweep), command,
+                missing="## Part (b): pruned, then fine-tuned on Fashion-MNIST\n\n")
     print(f"wrote {PAGE} and {OUT}/", file=sys.stderr)
 
 

@@ -23,23 +23,19 @@ import argparse
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _study import cli, write_block  # noqa: E402
 
 DOCS = Path(__file__).parent
 OUT = DOCS / "segmentation"
 PAGE = DOCS / "segmentation.md"
 RECIPE = "voc2012_deeplabv3plus"
 MODEL = "deeplabv3plus_mobilenet_v2"
-
-
-def cli(*argv: str) -> None:
-    command = [sys.executable, "-m", "pxprune", *argv]
-    print("+", shlex.join(["pxprune", *argv]), file=sys.stderr, flush=True)
-    subprocess.run(command, check=True)
 
 
 def sets(root: Path, epochs: int) -> list[str]:
@@ -128,15 +124,6 @@ def table(sweep: Path) -> str:
     return "\n".join(lines)
 
 
-def write_page(text: str, command: str) -> None:
-    start, end = "<!-- table -->", "<!-- /table -->"
-    block = f"{start}\n\nCommand: `{command}`\n\n{text}\n\n{end}"
-    page = PAGE.read_text() if PAGE.exists() else f"# Segmentation\n\n{start}\n{end}\n"
-    before, rest = page.split(start, 1)
-    _, after = rest.split(end, 1)
-    PAGE.write_text(before + block + after)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs/segmentation")
@@ -170,7 +157,7 @@ def main() -> None:
     top = max(args.sparsities.split(","), key=float)
     predictions(sweep, OUT / "predictions.png", top, criteria)
     command = shlex.join([".venv/bin/python", "docs/segmentation.py", *sys.argv[1:]])
-    write_page(table(sweep), command)
+    write_block(PAGE, "table", table(sweep), command, missing="# Segmentation\n\n")
     print(f"wrote {PAGE} and {OUT}/", file=sys.stderr)
 
 
